@@ -1,0 +1,31 @@
+# `make demo` trains the default model on the CPU and benchmarks it; `make test` runs the test suite.
+# Both create .venv on first use and install torch pinned FIRST (an unpinned torch pulls a multi-GB CUDA build).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+OUT := outputs/default
+
+.PHONY: demo test test-slow install clean
+
+$(VENV)/.installed: setup.py
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/accelerate launch --num_processes 1 --cpu trainers/rlf.py --config trainers/configs/default.yaml --output_dir $(OUT)
+	$(PY) benchmarks/ood_hops.py --model $(OUT)/final --variant shuffled --out $(OUT)
+	$(PY) -m model_cards.generate $(OUT)/final --results $(OUT)/ood_hops.json
+
+test: install
+	$(PY) -m pytest -q tests
+
+test-slow: install
+	$(PY) -m pytest -q -m slow tests
+
+clean:
+	rm -rf $(VENV) outputs

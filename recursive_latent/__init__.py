@@ -1,0 +1,19 @@
+"""recursive-latent: recursive latent reasoning on top of pretrained GPT-2 and Mamba2 backbones."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .configuration_recursive import RecursiveLatentConfig
+from .modeling_recursive import RecursiveLatentForCausalLM, RecursiveLatentModel, RecursiveLatentPreTrainedModel
+
+__version__ = "0.1.0"
+
+AutoConfig.register(RecursiveLatentConfig.model_type, RecursiveLatentConfig)
+AutoModel.register(RecursiveLatentConfig, RecursiveLatentModel)
+AutoModelForCausalLM.register(RecursiveLatentConfig, RecursiveLatentForCausalLM)
+
+__all__ = [
+    "RecursiveLatentConfig",
+    "RecursiveLatentForCausalLM",
+    "RecursiveLatentModel",
+    "RecursiveLatentPreTrainedModel",
+]

@@ -1,0 +1,223 @@
+"""RecursiveLatent model configuration."""
+
+from transformers import AutoConfig, PretrainedConfig
+
+BACKBONE_TYPES = ("gpt2", "mamba2")
+BACKBONE_MODES = ("frozen", "lora", "full")
+CORE_DESIGNS = ("latent", "sequence")
+CORE_BLOCKS = ("transformer", "mamba2")
+MEMORY_KINDS = ("last", "all")
+BINDING_CONVS = ("none", "embeddings", "output")
+HALTING_MODES = ("token",)
+
+
+def _check_choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, allowed))} (got {value!r}).")
+
+
+def _check_positive(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"`{name}` must be an integer >= 1 (got {value!r}).")
+
+
+class RecursiveLatentConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`RecursiveLatentForCausalLM`]: a pretrained backbone (GPT-2 or Mamba2) reads the prompt
+    once, then a small core is looped over a latent state, supervised at every loop, and stops by predicting
+    `<HALT>`.
+
+    Args:
+        backbone_config (`dict` or `PretrainedConfig`, *optional*):
+            Config of the backbone, a `GPT2Config` or a `Mamba2Config` (a dict must carry its `model_type`).
+            Defaults to a tiny GPT-2 (2 layers, width 64, 4 heads, 256 positions, no dropout).
+        backbone_name_or_path (`str`, *optional*):
+            Where the backbone's pretrained weights came from (a Hub id or a local directory), recorded for
+            reference. Weights are loaded by [`RecursiveLatentForCausalLM.from_backbone`], never by `__init__`.
+        backbone_mode (`str`, *optional*, defaults to `"frozen"`):
+            `"frozen"` (the backbone and the embedding-side binding conv get no gradient), `"lora"` (frozen, with
+            PEFT LoRA adapters added by the trainer) or `"full"` (everything trains).
+        core_design (`str`, *optional*, defaults to `"latent"`):
+            `"latent"`: one latent vector per example is looped and cross-attends to the fixed prompt memory.
+            `"sequence"`: the whole prompt sequence is looped through the core block (the RLF seed's design).
+        core_block (`str`, *optional*, defaults to `"transformer"`):
+            Block type of the core: `"transformer"` (attention + MLP) or `"mamba2"` (a transformers `Mamba2Block`).
+        core_hidden_size (`int`, *optional*):
+            Width of the core. Defaults to the backbone's hidden size.
+        core_num_heads (`int`, *optional*, defaults to 4):
+            Attention heads of a transformer core block; must divide `core_hidden_size`.
+        core_num_layers (`int`, *optional*, defaults to 1):
+            Core blocks applied in each loop.
+        core_mlp_ratio (`int`, *optional*, defaults to 4):
+            Hidden width of the core MLP as a multiple of `core_hidden_size`.
+        memory (`str`, *optional*, defaults to `"all"`):
+            What the core reads: `"last"` (the backbone's last layer) or `"all"` (the embeddings and every layer's
+            output, each normalised, concatenated and projected to the core width). A next-token LM's last layer
+            has dropped the token identities pointer-following needs; with a frozen backbone only `"all"` learned
+            multi-hop in our probes.
+        binding_conv (`str`, *optional*, defaults to `"embeddings"`):
+            A short causal conv (Mamba-style) that lets the tokens of one statement see each other: over the token
+            embeddings before the backbone (`"embeddings"`), over the backbone's output (`"output"`), or `"none"`.
+        binding_conv_kernel (`int`, *optional*, defaults to 3):
+            Kernel size of the binding conv.
+        latent_norm (`bool`, *optional*, defaults to `True`):
+            LayerNorm the latent at the start of every loop. Without it the latent's norm grows each loop and the
+            model uses it as a loop counter, which breaks past the trained depth.
+        lifeline (`bool`, *optional*, defaults to `True`):
+            Re-inject the prompt state (`gate * x_prompt`) at every loop.
+        lifeline_gate_init (`float`, *optional*, defaults to 1.0):
+            Initial value of the per-channel lifeline gate.
+        loop_rotary (`bool`, *optional*, defaults to `False`):
+            Rotate the latent by the loop index (the RLF seed's loop RoPE). Off by default: it hands the model a
+            loop counter and was measured harmful past the trained depth.
+        max_loops (`int`, *optional*, defaults to 8):
+            Loops run in training (hops + 1 for the `<HALT>` loop); labels may not ask for more.
+        max_inference_loops (`int`, *optional*, defaults to 72):
+            Upper limit of loops in `reason()` and in `forward` without labels.
+        halt_token_id (`int`, *optional*, defaults to 2):
+            Token id of `<HALT>`.
+        halting (`str`, *optional*, defaults to `"token"`):
+            How a loop stops: `"token"` stops an example once its loop predicts `halt_token_id`.
+        tie_word_embeddings (`bool`, *optional*, defaults to `True`):
+            Use the backbone's input embeddings as the output projection of the head.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Std of the normal initialisation of the core's linear layers.
+
+    Example:
+
+    ```python
+    >>> from recursive_latent import RecursiveLatentConfig, RecursiveLatentForCausalLM
+
+    >>> config = RecursiveLatentConfig()  # tiny GPT-2 backbone, latent core, all-layer memory
+    >>> model = RecursiveLatentForCausalLM(config)
+    ```"""
+
+    model_type = "recursive_latent"
+
+    def __init__(
+        self,
+        backbone_config=None,
+        backbone_name_or_path=None,
+        backbone_mode="frozen",
+        core_design="latent",
+        core_block="transformer",
+        core_hidden_size=None,
+        core_num_heads=4,
+        core_num_layers=1,
+        core_mlp_ratio=4,
+        memory="all",
+        binding_conv="embeddings",
+        binding_conv_kernel=3,
+        latent_norm=True,
+        lifeline=True,
+        lifeline_gate_init=1.0,
+        loop_rotary=False,
+        max_loops=8,
+        max_inference_loops=72,
+        halt_token_id=2,
+        halting="token",
+        tie_word_embeddings=True,
+        initializer_range=0.02,
+        **kwargs,
+    ):
+        self.backbone_config = self._build_backbone_config(backbone_config)
+        self.backbone_name_or_path = backbone_name_or_path
+        self.backbone_mode = backbone_mode
+        self.core_design = core_design
+        self.core_block = core_block
+        self.core_hidden_size = core_hidden_size or self.backbone_config.hidden_size
+        self.core_num_heads = core_num_heads
+        self.core_num_layers = core_num_layers
+        self.core_mlp_ratio = core_mlp_ratio
+        self.memory = memory
+        self.binding_conv = binding_conv
+        self.binding_conv_kernel = binding_conv_kernel
+        self.latent_norm = latent_norm
+        self.lifeline = lifeline
+        self.lifeline_gate_init = lifeline_gate_init
+        self.loop_rotary = loop_rotary
+        self.max_loops = max_loops
+        self.max_inference_loops = max_inference_loops
+        self.halt_token_id = halt_token_id
+        self.halting = halting
+        self.tie_word_embeddings = tie_word_embeddings
+        self.initializer_range = initializer_range
+        # Remote code: both Auto classes resolve to the files `save_pretrained` copies next to the weights.
+        kwargs.setdefault("auto_map", {
+            "AutoConfig": "configuration_recursive.RecursiveLatentConfig",
+            "AutoModel": "modeling_recursive.RecursiveLatentModel",
+            "AutoModelForCausalLM": "modeling_recursive.RecursiveLatentForCausalLM",
+        })
+        kwargs.setdefault("pad_token_id", self.backbone_config.pad_token_id)
+        kwargs.setdefault("eos_token_id", self.backbone_config.eos_token_id)
+        self._validate_choices()
+        self._validate_sizes()
+        super().__init__(**kwargs)
+
+    @staticmethod
+    def _build_backbone_config(backbone_config):
+        if backbone_config is None:
+            # A tiny GPT-2 with dropout off: GPT2Config silently defaults every dropout to 0.1.
+            backbone_config = dict(
+                model_type="gpt2", vocab_size=1024, n_positions=256, n_embd=64, n_layer=2, n_head=4,
+                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
+            )
+        if isinstance(backbone_config, PretrainedConfig):
+            backbone_type = backbone_config.model_type
+        elif isinstance(backbone_config, dict):
+            backbone_config = dict(backbone_config)
+            backbone_type = backbone_config.pop("model_type", None)
+        else:
+            raise ValueError(
+                f"`backbone_config` must be a dict or a PretrainedConfig (got {type(backbone_config).__name__})."
+            )
+        _check_choice("backbone_config.model_type", backbone_type, BACKBONE_TYPES)
+        if isinstance(backbone_config, dict):
+            backbone_config = AutoConfig.for_model(backbone_type, **backbone_config)
+        return backbone_config
+
+    def _validate_choices(self):
+        _check_choice("backbone_mode", self.backbone_mode, BACKBONE_MODES)
+        _check_choice("core_design", self.core_design, CORE_DESIGNS)
+        _check_choice("core_block", self.core_block, CORE_BLOCKS)
+        _check_choice("memory", self.memory, MEMORY_KINDS)
+        _check_choice("binding_conv", self.binding_conv, BINDING_CONVS)
+        _check_choice("halting", self.halting, HALTING_MODES)
+        for name in ("latent_norm", "lifeline", "loop_rotary", "tie_word_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be True or False (got {getattr(self, name)!r}).")
+
+    def _validate_sizes(self):
+        for name in ("core_hidden_size", "core_num_heads", "core_num_layers", "core_mlp_ratio",
+                     "binding_conv_kernel", "max_loops", "max_inference_loops"):
+            _check_positive(name, getattr(self, name))
+        if self.core_block == "transformer" and self.core_hidden_size % self.core_num_heads:
+            raise ValueError(
+                f"`core_hidden_size` must be divisible by `core_num_heads` (got {self.core_hidden_size} and "
+                f"{self.core_num_heads})."
+            )
+        vocab_size = self.backbone_config.vocab_size
+        if not isinstance(self.halt_token_id, int) or not 0 <= self.halt_token_id < vocab_size:
+            raise ValueError(
+                f"`halt_token_id` must be a token id in [0, {vocab_size}) (got {self.halt_token_id!r})."
+            )
+
+    @property
+    def backbone_type(self):
+        return self.backbone_config.model_type
+
+    @property
+    def vocab_size(self):
+        return self.backbone_config.vocab_size
+
+    @property
+    def hidden_size(self):
+        return self.core_hidden_size
+
+    @property
+    def num_hidden_layers(self):
+        # `generate()` reads this to size caches; the backbone's depth is the honest answer.
+        return self.backbone_config.num_hidden_layers
+
+
+__all__ = ["RecursiveLatentConfig"]

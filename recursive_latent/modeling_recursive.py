@@ -1,0 +1,541 @@
+"""RecursiveLatent: a pretrained backbone read once, then a tiny core looped over a latent until it predicts <HALT>."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers.models.mamba2.modeling_mamba2 import Mamba2Block, Mamba2Mixer
+from transformers.utils import ModelOutput, logging
+
+from .configuration_recursive import RecursiveLatentConfig
+
+logger = logging.get_logger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def last_token_index(attention_mask):
+    """Index of the last real token of each row; right for left and right padding alike. (B, T) -> (B,)"""
+    T = attention_mask.shape[1]
+    return T - 1 - attention_mask.flip(1).int().argmax(1)
+
+
+def rotate_by_loop(x, loop, base=10000.0):
+    """The RLF seed's loop RoPE: rotate channel pairs of `x` (..., D) by angles loop * base^(-2i/D)."""
+    half = x.shape[-1] // 2
+    inv_freq = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    cos, sin = torch.cos(loop * inv_freq).to(x.dtype), torch.sin(loop * inv_freq).to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half : 2 * half]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * half :]], dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Modules
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class CausalConv(nn.Module):
+    """Short causal conv over tokens (as in Mamba), added residually: lets the tokens of `A = B .` see each other."""
+
+    def __init__(self, width, kernel_size):
+        super().__init__()
+        self.conv = nn.Conv1d(width, width, kernel_size, padding=kernel_size - 1)
+
+    def forward(self, x, mask):  # x: (B, T, D), mask: (B, T)
+        # Padding is zeroed first, so a left-padded row sees exactly what the conv's own zero padding gives.
+        h = (x * mask[..., None].to(x.dtype)).transpose(1, 2)
+        return x + self.conv(h)[..., : x.shape[1]].transpose(1, 2)
+
+
+class MLP(nn.Module):
+    def __init__(self, width, ratio):
+        super().__init__()
+        self.up = nn.Linear(width, ratio * width)
+        self.down = nn.Linear(ratio * width, width)
+
+    def forward(self, x):
+        return self.down(F.gelu(self.up(x)))
+
+
+class Attention(nn.Module):
+    """Multi-head attention from queries `x` to keys/values `memory`. Keys and values can be projected once and
+    reused across loops (`project_memory`), since the memory a latent core reads never changes."""
+
+    def __init__(self, width, num_heads):
+        super().__init__()
+        self.num_heads = num_heads
+        self.query = nn.Linear(width, width)
+        self.key_value = nn.Linear(width, 2 * width)
+        self.out = nn.Linear(width, width)
+
+    def project_memory(self, memory):  # (B, T, D) -> 2 x (B, H, T, D/H)
+        B, T, D = memory.shape
+        k, v = self.key_value(memory).view(B, T, 2, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, x, key_value, mask):  # x: (B, S, D), mask: (B, 1, S, T) bool, True = may attend
+        B, S, D = x.shape
+        q = self.query(x).view(B, S, self.num_heads, D // self.num_heads).transpose(1, 2)  # (B, H, S, D/H)
+        k, v = key_value
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(y.transpose(1, 2).reshape(B, S, D))
+
+
+class CoreBlock(nn.Module):
+    """One pre-LN transformer block of the core. In the latent design it cross-attends from the latent to the
+    prompt memory; in the sequence design it is a causal self-attention block over the looped sequence."""
+
+    def __init__(self, config):
+        super().__init__()
+        width = config.core_hidden_size
+        self.attn_norm = nn.LayerNorm(width)
+        self.attn = Attention(width, config.core_num_heads)
+        self.mlp_norm = nn.LayerNorm(width)
+        self.mlp = MLP(width, config.core_mlp_ratio)
+
+    def forward(self, x, key_value=None, mask=None):
+        h = self.attn_norm(x)
+        if key_value is None:  # sequence design: self-attention over x itself
+            key_value = self.attn.project_memory(h)
+        x = x + self.attn(h, key_value, mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class MambaCoreBlock(nn.Module):
+    """A transformers `Mamba2Block` as core block. In the latent design the latent is appended to the memory and
+    the block scans the whole sequence each loop (its last output is the new latent)."""
+
+    def __init__(self, config):
+        super().__init__()
+        from transformers import Mamba2Config
+
+        width = config.core_hidden_size
+        head_dim = 16 if width % 16 == 0 else width
+        mamba_config = Mamba2Config(
+            hidden_size=width, expand=2, head_dim=head_dim, num_heads=2 * width // head_dim, n_groups=1,
+            state_size=32, chunk_size=16, num_hidden_layers=1, vocab_size=1,
+            pad_token_id=None, bos_token_id=None, eos_token_id=None,
+        )
+        self.block = Mamba2Block(mamba_config, layer_idx=0)
+        self.mlp_norm = nn.LayerNorm(width)
+        self.mlp = MLP(width, config.core_mlp_ratio)
+
+    def forward(self, x, memory=None, mask=None):  # x: (B, D) latent or (B, T, D) sequence; mask: (B, T)
+        if memory is None:
+            x = self.block(x, attention_mask=mask)
+        else:
+            sequence = torch.cat([memory, x[:, None]], dim=1)  # (B, T+1, D)
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            x = self.block(sequence, attention_mask=mask)[:, -1]
+        return x + self.mlp(self.mlp_norm(x))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pretrained model base and outputs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class RecursiveLatentPreTrainedModel(PreTrainedModel):
+    config: RecursiveLatentConfig
+    config_class = RecursiveLatentConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["CoreBlock", "MambaCoreBlock"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        # The backbone is a PreTrainedModel and initialises itself; this only sees the core's modules.
+        super()._init_weights(module)
+        if isinstance(module, Mamba2Mixer):
+            # A Mamba2Block built outside Mamba2Model leaves A_log, D and dt_bias uninitialised.
+            module.init_mamba2_weights()
+        if isinstance(module, RecursiveLatentModel) and module.gate is not None:
+            module.gate.fill_(self.config.lifeline_gate_init)
+
+
+@dataclass
+class RecursiveLatentModelOutput(ModelOutput):
+    """
+    Args:
+        last_latent (`torch.FloatTensor` of shape `(batch_size, core_hidden_size)`):
+            The latent after the last loop (read at the last prompt token in the sequence design).
+        latents (`torch.FloatTensor` of shape `(batch_size, num_loops, core_hidden_size)`):
+            The latent after every loop.
+    """
+
+    last_latent: torch.FloatTensor | None = None
+    latents: torch.FloatTensor | None = None
+
+
+@dataclass
+class RecursiveLatentCausalLMOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, returned when `loop_labels` is given):
+            Mean cross-entropy over all supervised loops (labels -100 are ignored).
+        logits (`torch.FloatTensor` of shape `(batch_size, 1, vocab_size)`):
+            Logits of the answer: the loop before the first predicted `<HALT>` (or the last loop). This is what
+            `generate()` and `pipeline("text-generation")` read as the next token.
+        loop_logits (`torch.FloatTensor` of shape `(batch_size, num_loops, vocab_size)`):
+            The head's logits at every loop.
+        latents (`torch.FloatTensor` of shape `(batch_size, num_loops, core_hidden_size)`):
+            The latent after every loop.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    loop_logits: torch.FloatTensor | None = None
+    latents: torch.FloatTensor | None = None
+
+
+@dataclass
+class RecursiveLatentReasonOutput(ModelOutput):
+    """
+    Args:
+        answer_ids (`torch.LongTensor` of shape `(batch_size,)`):
+            The token predicted at the loop before `<HALT>` (the last loop if the example never halted; the pad id
+            if it halted at its first loop).
+        loops (`torch.LongTensor` of shape `(batch_size,)`):
+            Loops run for each example, counting the `<HALT>` loop.
+        halted (`torch.BoolTensor` of shape `(batch_size,)`):
+            Whether the example predicted `<HALT>` within `max_loops`.
+        trace_ids (`torch.LongTensor` of shape `(batch_size, max loops run)`):
+            The token predicted at each loop; the pad id after an example stopped.
+    """
+
+    answer_ids: torch.LongTensor | None = None
+    loops: torch.LongTensor | None = None
+    halted: torch.BoolTensor | None = None
+    trace_ids: torch.LongTensor | None = None
+
+
+@dataclass
+class LoopContext:
+    """What every loop reads, computed once per prompt. Rows can be dropped with `select` as examples halt.
+
+    memory (B, T, D), mask (B, T) bool, prompt_state: the lifeline source, (B, D) in the latent design and
+    (B, T, D) in the sequence design, key_values: per transformer core block, the projected memory.
+    """
+
+    memory: torch.Tensor
+    mask: torch.Tensor
+    last_index: torch.Tensor
+    prompt_state: torch.Tensor
+    key_values: list | None = None
+
+    def select(self, rows):
+        key_values = None
+        if self.key_values is not None:
+            key_values = [(k[rows], v[rows]) for k, v in self.key_values]
+        return LoopContext(
+            self.memory[rows], self.mask[rows], self.last_index[rows], self.prompt_state[rows], key_values
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class RecursiveLatentModel(RecursiveLatentPreTrainedModel):
+    """The backbone, the memory it hands to the core, and the looped core. Returns latents, no logits."""
+
+    # Loading a RecursiveLatentForCausalLM checkpoint as the base model leaves its head behind, by design.
+    _keys_to_ignore_on_load_unexpected = [r"^head_", r"^lm_head"]
+
+    def __init__(self, config: RecursiveLatentConfig):
+        super().__init__(config)
+        backbone_width = config.backbone_config.hidden_size
+        width = config.core_hidden_size
+        # __init__ never downloads: pretrained weights come in through `RecursiveLatentForCausalLM.from_backbone`.
+        self.backbone = AutoModel.from_config(config.backbone_config)
+        self.binding = (
+            CausalConv(backbone_width, config.binding_conv_kernel) if config.binding_conv != "none" else None
+        )
+        num_memory_layers = config.backbone_config.num_hidden_layers + 1 if config.memory == "all" else 1
+        self.memory_norms = nn.ModuleList([nn.LayerNorm(backbone_width) for _ in range(num_memory_layers)])
+        self.memory_proj = nn.Linear(num_memory_layers * backbone_width, width)
+        self.memory_norm = nn.LayerNorm(width)
+        block_class = CoreBlock if config.core_block == "transformer" else MambaCoreBlock
+        self.blocks = nn.ModuleList([block_class(config) for _ in range(config.core_num_layers)])
+        self.latent_norm = nn.LayerNorm(width) if config.latent_norm else None
+        # The lifeline gate stays float32 (as in the RLF seed) so tiny per-channel changes survive low precision.
+        self.gate = nn.Parameter(torch.empty(width, dtype=torch.float32)) if config.lifeline else None
+        self.gradient_checkpointing = False
+        self.post_init()
+        if config.backbone_mode != "full":
+            self.freeze_backbone()
+
+    def freeze_backbone(self):
+        """Stop gradients into the backbone and into a binding conv on its input embeddings (trained with it)."""
+        self.backbone.requires_grad_(False)
+        if self.config.binding_conv == "embeddings":
+            self.binding.requires_grad_(False)
+
+    def get_input_embeddings(self):
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.backbone.set_input_embeddings(value)
+
+    # -- 1. read the prompt once ---------------------------------------------------------------------------------
+
+    def check_inputs(self, input_ids, attention_mask):
+        if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+            raise ValueError(f"`input_ids` must be a non-empty (batch, tokens) tensor (got shape {tuple(input_ids.shape)}).")
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"`attention_mask` shape {tuple(attention_mask.shape)} does not match `input_ids` {tuple(input_ids.shape)}."
+            )
+        if not attention_mask.bool().any(1).all():
+            raise ValueError("Every row of `attention_mask` needs at least one real token.")
+        vocab_size = self.config.vocab_size
+        if input_ids.min() < 0 or input_ids.max() >= vocab_size:
+            raise ValueError(
+                f"`input_ids` holds ids outside the model's vocabulary [0, {vocab_size}) (got min {input_ids.min().item()}, "
+                f"max {input_ids.max().item()}): is the tokenizer the one this model was trained with?"
+            )
+        max_positions = getattr(self.config.backbone_config, "n_positions", None)
+        if max_positions is not None and input_ids.shape[1] > max_positions:
+            raise ValueError(
+                f"The prompt has {input_ids.shape[1]} tokens but the backbone reads at most {max_positions}."
+            )
+
+    def run_backbone(self, input_ids, attention_mask, position_ids=None):
+        """Backbone hidden states, one (B, T, D_backbone) tensor per layer (embeddings first) or the last only."""
+        embeddings = self.backbone.get_input_embeddings()(input_ids)
+        if self.config.binding_conv == "embeddings":
+            embeddings = self.binding(embeddings, attention_mask)
+        kwargs = {}
+        if self.config.backbone_type == "gpt2":
+            # GPT2Model numbers positions with arange and would ignore left padding; number the real tokens.
+            if position_ids is None:
+                position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+            kwargs["position_ids"] = position_ids
+        outputs = self.backbone(
+            inputs_embeds=embeddings, attention_mask=attention_mask, output_hidden_states=True, **kwargs
+        )
+        hidden_states = list(outputs.hidden_states) if self.config.memory == "all" else [outputs.last_hidden_state]
+        if self.config.binding_conv == "output":
+            hidden_states[-1] = self.binding(hidden_states[-1], attention_mask)
+        return hidden_states
+
+    def encode(self, input_ids, attention_mask=None, position_ids=None):
+        """Run the backbone ONCE and build everything the loops read (a `LoopContext`) and the start latent."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        self.check_inputs(input_ids, attention_mask)
+        hidden_states = self.run_backbone(input_ids, attention_mask, position_ids)
+        # Each layer is normalised before mixing: layer scales differ by orders of magnitude.
+        memory = torch.cat([norm(h) for norm, h in zip(self.memory_norms, hidden_states)], dim=-1)
+        memory = self.memory_norm(self.memory_proj(memory))  # (B, T, D)
+        mask = attention_mask.bool()
+        last_index = last_token_index(mask)
+        rows = torch.arange(memory.shape[0], device=memory.device)
+        if self.config.core_design == "latent":
+            prompt_state = memory[rows, last_index]  # (B, D): x_prompt at the last real token
+            latent = prompt_state
+            key_values = [block.attn.project_memory(memory) for block in self.blocks if isinstance(block, CoreBlock)]
+        else:
+            prompt_state = memory  # (B, T, D): the whole prompt is re-injected
+            latent = memory
+            key_values = None
+        return LoopContext(memory, mask, last_index, prompt_state, key_values or None), latent
+
+    # -- 2. one loop ---------------------------------------------------------------------------------------------
+
+    def loop_step(self, latent, context, loop):
+        """One loop: normalise the latent, re-inject the prompt (lifeline), optionally rotate by the loop index,
+        then the core blocks. Returns the new latent and the vector the head reads, (B, D)."""
+        if self.latent_norm is not None:
+            latent = self.latent_norm(latent)
+        if self.gate is not None:
+            latent = latent + self.gate.to(latent.dtype) * context.prompt_state
+        if self.config.loop_rotary:
+            latent = rotate_by_loop(latent, loop)
+        if self.config.core_design == "latent":
+            # Only padding is masked: the latent may read every real prompt token. (B, 1, 1, T)
+            attn_mask = context.mask[:, None, None, :]
+            for i, block in enumerate(self.blocks):
+                if isinstance(block, CoreBlock):
+                    latent = block(latent[:, None], context.key_values[i], attn_mask)[:, 0]
+                else:
+                    latent = block(latent, context.memory, context.mask)
+            return latent, latent
+        for block in self.blocks:
+            if isinstance(block, CoreBlock):
+                T = context.mask.shape[1]
+                causal = torch.ones(T, T, dtype=torch.bool, device=latent.device).tril()
+                # Causal and blind to padding; a padded query row still sees itself, so softmax never sees all -inf.
+                attn_mask = (causal & context.mask[:, None, None, :]) | torch.eye(T, dtype=torch.bool, device=latent.device)
+                latent = block(latent, mask=attn_mask)
+            else:
+                latent = block(latent, mask=context.mask)
+        rows = torch.arange(latent.shape[0], device=latent.device)
+        return latent, latent[rows, context.last_index]
+
+    # -- 3. the loops --------------------------------------------------------------------------------------------
+
+    def forward(self, input_ids, attention_mask=None, num_loops=None, position_ids=None, grad_loops=None, **kwargs):
+        r"""
+        num_loops (`int`, *optional*):
+            Loops to run; defaults to `config.max_inference_loops`.
+        grad_loops (`int`, *optional*):
+            Truncated backprop (as in Huginn and TRM): only the last `grad_loops` loops get gradients, the earlier
+            ones run under `torch.no_grad()`. `None` backpropagates through every loop.
+        """
+        num_loops = num_loops or self.config.max_inference_loops
+        if num_loops < 1:
+            raise ValueError(f"`num_loops` must be >= 1 (got {num_loops}).")
+        context, latent = self.encode(input_ids, attention_mask, position_ids)
+        first_grad_loop = 0 if grad_loops is None else max(num_loops - grad_loops, 0)
+        outputs = []
+        for loop in range(num_loops):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and loop >= first_grad_loop):
+                if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                    latent, out = torch.utils.checkpoint.checkpoint(
+                        self.loop_step, latent, context, loop, use_reentrant=False
+                    )
+                else:
+                    latent, out = self.loop_step(latent, context, loop)
+            outputs.append(out)
+        latents = torch.stack(outputs, dim=1)  # (B, L, D)
+        return RecursiveLatentModelOutput(last_latent=latents[:, -1], latents=latents)
+
+
+class RecursiveLatentForCausalLM(RecursiveLatentPreTrainedModel, GenerationMixin):
+    """The looped model with its head: per-loop logits, the loop-supervision loss, and `reason()` with per-example
+    halting."""
+
+    def __init__(self, config: RecursiveLatentConfig):
+        super().__init__(config)
+        self.model = RecursiveLatentModel(config)
+        width, embedding_width = config.core_hidden_size, config.backbone_config.hidden_size
+        self.head_norm = nn.LayerNorm(width)
+        # The head projects onto the (tied) embedding matrix; a linear bridges a core narrower or wider than it.
+        self.head_proj = nn.Linear(width, embedding_width) if width != embedding_width else nn.Identity()
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(embedding_width, config.vocab_size, bias=False)
+        self.post_init()
+        # The answer is one token read from the loops, so `generate()` and pipelines stop after it by default.
+        self.generation_config.max_new_tokens = 1
+        self.generation_config.do_sample = False
+
+    @classmethod
+    def from_backbone(cls, backbone_name_or_path, **config_kwargs):
+        """Build a model around pretrained backbone weights: a Hub id (`openai-community/gpt2`,
+        `state-spaces/mamba2-130m`) or a local directory saved in the plain transformers format."""
+        backbone = AutoModel.from_pretrained(backbone_name_or_path)
+        config = RecursiveLatentConfig(
+            backbone_config=backbone.config, backbone_name_or_path=str(backbone_name_or_path), **config_kwargs
+        )
+        model = cls(config)
+        model.model.backbone.load_state_dict(backbone.state_dict())
+        return model
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def head(self, x):
+        """(..., D) -> (..., V)"""
+        x = self.head_proj(self.head_norm(x))
+        if self.lm_head is not None:
+            return self.lm_head(x)
+        return F.linear(x, self.get_input_embeddings().weight)
+
+    def answer_loop(self, loop_predictions):
+        """Index of the answer loop: the one before the first `<HALT>`, else the last. (B, L) -> (B,)"""
+        is_halt = loop_predictions == self.config.halt_token_id
+        L = loop_predictions.shape[1]
+        first_halt = torch.where(is_halt.any(1), is_halt.int().argmax(1), torch.full_like(is_halt[:, 0], L, dtype=torch.long))
+        return (first_halt - 1).clamp(min=0)
+
+    def forward(
+        self, input_ids, attention_mask=None, loop_labels=None, num_loops=None, position_ids=None, grad_loops=None,
+        **kwargs,
+    ):
+        r"""
+        loop_labels (`torch.LongTensor` of shape `(batch_size, num_loops)`, *optional*):
+            Target token of every loop (the path's nodes, then `<HALT>`); -100 marks loops that do not count.
+            Sets the number of loops run.
+        num_loops (`int`, *optional*):
+            Loops to run without labels; defaults to `config.max_inference_loops`.
+        position_ids (`torch.LongTensor` of shape `(batch_size, tokens)`, *optional*):
+            GPT-2 positions (training shifts them by random offsets); ignored by Mamba2.
+        grad_loops (`int`, *optional*):
+            Backpropagate only through the last `grad_loops` loops.
+        """
+        if loop_labels is not None:
+            if loop_labels.shape[1] > self.config.max_loops:
+                raise ValueError(
+                    f"`loop_labels` asks for {loop_labels.shape[1]} loops but `max_loops` is {self.config.max_loops}."
+                )
+            num_loops = loop_labels.shape[1]
+        outputs = self.model(
+            input_ids, attention_mask, num_loops=num_loops, position_ids=position_ids, grad_loops=grad_loops
+        )
+        loop_logits = self.head(outputs.latents)  # (B, L, V)
+        loss = None
+        if loop_labels is not None:
+            # Deep supervision: every loop is one cross-entropy term; -100 loops (after <HALT>) do not count.
+            loss = F.cross_entropy(loop_logits.flatten(0, 1).float(), loop_labels.flatten(), ignore_index=-100)
+        rows = torch.arange(loop_logits.shape[0], device=loop_logits.device)
+        answer_logits = loop_logits[rows, self.answer_loop(loop_logits.argmax(-1))]
+        return RecursiveLatentCausalLMOutput(
+            loss=loss, logits=answer_logits[:, None], loop_logits=loop_logits, latents=outputs.latents
+        )
+
+    @torch.no_grad()
+    def reason(self, input_ids, attention_mask=None, max_loops=None):
+        """Loop until each example predicts `<HALT>` or hits `max_loops` (default `config.max_inference_loops`).
+        Examples that halted leave the batch, so a batch costs the sum of its examples' loops."""
+        max_loops = self.config.max_inference_loops if max_loops is None else max_loops
+        if max_loops < 1:
+            raise ValueError(f"`max_loops` must be >= 1 (got {max_loops}).")
+        context, latent = self.model.encode(input_ids, attention_mask)
+        B, device = input_ids.shape[0], input_ids.device
+        pad_id = self.config.pad_token_id if self.config.pad_token_id is not None else 0
+        trace = torch.full((B, max_loops), pad_id, dtype=torch.long, device=device)
+        answer = torch.full((B,), pad_id, dtype=torch.long, device=device)
+        loops = torch.zeros(B, dtype=torch.long, device=device)
+        halted = torch.zeros(B, dtype=torch.bool, device=device)
+        active = torch.arange(B, device=device)  # original row of each example still looping
+        for loop in range(max_loops):
+            latent, out = self.model.loop_step(latent, context, loop)
+            prediction = self.head(out).argmax(-1)  # (b,)
+            trace[active, loop] = prediction
+            loops[active] += 1
+            is_halt = prediction == self.config.halt_token_id
+            answer[active[~is_halt]] = prediction[~is_halt]
+            halted[active[is_halt]] = True
+            if is_halt.any():
+                keep = (~is_halt).nonzero().squeeze(1)
+                active, latent, context = active[keep], latent[keep], context.select(keep)
+                if active.numel() == 0:
+                    break
+        return RecursiveLatentReasonOutput(
+            answer_ids=answer, loops=loops, halted=halted, trace_ids=trace[:, : int(loops.max())]
+        )
+
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
+        # No cache: every generated token re-reads the whole prompt (generation is one token: the answer).
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# HF registration: `save_pretrained` copies this file and the config file next to the weights.
+# ----------------------------------------------------------------------------------------------------------------
+
+RecursiveLatentConfig.register_for_auto_class()
+RecursiveLatentModel.register_for_auto_class("AutoModel")
+RecursiveLatentForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+__all__ = ["RecursiveLatentForCausalLM", "RecursiveLatentModel", "RecursiveLatentPreTrainedModel"]
