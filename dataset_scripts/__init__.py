@@ -1,0 +1,1 @@
+"""Synthetic data generation, tokenizer and collator for multi-hop variable lookup."""
