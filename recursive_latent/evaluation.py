@@ -1,0 +1,64 @@
+"""Exact-match evaluation of `reason()` on hop-chain examples, shared by the trainer and the benchmarks."""
+
+import math
+import time
+from collections import defaultdict
+
+import torch
+from tqdm.auto import tqdm
+
+
+def wilson_interval(successes, total, z=1.96):
+    """95% Wilson score interval of a binomial proportion (stays inside [0, 1], sane at 0% and 100%)."""
+    if total == 0:
+        return (0.0, 1.0)
+    p = successes / total
+    denominator = 1 + z**2 / total
+    centre = (p + z**2 / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z**2 / (4 * total**2)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@torch.no_grad()
+def reason_batches(model, tokenizer, examples, batch_size=256, max_loops=None, progress=False):
+    """Run `model.reason` over `examples` (dicts with `prompt`); yield (examples chunk, output) per batch."""
+    model.eval()
+    chunks = range(0, len(examples), batch_size)
+    for start in tqdm(chunks, desc="reason", disable=not progress):
+        chunk = examples[start : start + batch_size]
+        inputs = tokenizer([example["prompt"] for example in chunk], padding=True, return_tensors="pt")
+        inputs = {key: value.to(model.device) for key, value in inputs.items()}
+        yield chunk, model.reason(inputs["input_ids"], inputs["attention_mask"], max_loops=max_loops)
+
+
+def evaluate_examples(model, tokenizer, examples, batch_size=256, max_loops=None, progress=False):
+    """Per hop count: answer exact match, trace exact match (loops 1..h name exactly the path), halt exactly at
+    loop h+1 (`halt_rate`), mean loops, each as counts and rates with 95% intervals; plus examples/s over the whole set.
+
+    Returns `{"per_hop": {h: {...}}, "examples_per_second": float, "predictions": [...]}`.
+    """
+    counts = defaultdict(lambda: defaultdict(int))
+    predictions = []
+    start = time.perf_counter()
+    for chunk, out in reason_batches(model, tokenizer, examples, batch_size, max_loops, progress):
+        answers = tokenizer.convert_ids_to_tokens(out.answer_ids.tolist())
+        for row, example in enumerate(chunk):
+            hops, loops = example["hops"], int(out.loops[row])
+            trace = tokenizer.convert_ids_to_tokens(out.trace_ids[row, :loops].tolist())
+            stats = counts[hops]
+            stats["n"] += 1
+            stats["answer"] += answers[row] == example["answer"]
+            stats["trace"] += trace[:hops] == list(example["path"])
+            stats["halt"] += bool(out.halted[row]) and loops == hops + 1
+            stats["loops"] += loops
+            predictions.append({"prediction": answers[row], "trace": trace, "loops": loops})
+    seconds = time.perf_counter() - start
+    per_hop = {}
+    for hops, stats in sorted(counts.items()):
+        n = stats["n"]
+        row = {"n": n, "mean_loops": stats["loops"] / n}
+        for key, name in (("answer", "answer_exact_match"), ("trace", "trace_exact_match"), ("halt", "halt_rate")):
+            row[name] = stats[key] / n
+            row[f"{name}_ci95"] = list(wilson_interval(stats[key], n))
+        per_hop[hops] = row
+    return {"per_hop": per_hop, "examples_per_second": len(examples) / seconds, "predictions": predictions}
