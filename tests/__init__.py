@@ -1,0 +1,1 @@
+"""Test suite of recursive-latent."""

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny configs (vocab ~100, width 32, 2 backbone layers, max_loops 4) and the real tokenizer."""
+
+import pytest
+import torch
+
+from recursive_latent import RecursiveLatentConfig
+
+TINY_GPT2 = dict(
+    model_type="gpt2", vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None, pad_token_id=0,
+)
+TINY_MAMBA2 = dict(
+    model_type="mamba2", vocab_size=100, hidden_size=32, num_hidden_layers=2, expand=2, head_dim=16, num_heads=4,
+    n_groups=1, state_size=16, chunk_size=16, pad_token_id=0, bos_token_id=None, eos_token_id=None,
+)
+BACKBONES = {"gpt2": TINY_GPT2, "mamba2": TINY_MAMBA2}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end runs of minutes; run with `make test-slow`")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("-m") and "slow" in config.getoption("-m"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with `pytest -m slow`")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def make_config(backbone="gpt2", **kwargs):
+    kwargs.setdefault("max_loops", 4)
+    kwargs.setdefault("max_inference_loops", 6)
+    kwargs.setdefault("pad_token_id", 0)
+    return RecursiveLatentConfig(backbone_config=dict(BACKBONES[backbone]), **kwargs)
+
+
+@pytest.fixture
+def tiny_config():
+    return make_config()
+
+
+@pytest.fixture
+def batch():
+    """Three left-padded prompts of random ids (3..99) and loop labels with a padded last loop."""
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(3, 100, (3, 10), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, :3] = 0
+    input_ids[0, :3] = 0
+    loop_labels = torch.randint(3, 100, (3, 4), generator=generator)
+    loop_labels[0, 3] = -100
+    return input_ids, attention_mask, loop_labels

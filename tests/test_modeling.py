@@ -1,0 +1,176 @@
+import itertools
+
+import pytest
+import torch
+from transformers import AutoModel, GPT2Config, GPT2Model, Mamba2Config, Mamba2Model
+
+from recursive_latent import RecursiveLatentForCausalLM
+
+from .conftest import TINY_GPT2, TINY_MAMBA2, make_config
+
+GRID = list(itertools.product(["gpt2", "mamba2"], ["latent", "sequence"], ["transformer", "mamba2"]))
+
+
+def build(backbone="gpt2", seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return RecursiveLatentForCausalLM(make_config(backbone, **kwargs)).eval()
+
+
+@pytest.mark.parametrize("backbone, design, block", GRID)
+def test_forward_backward_reason_generate(backbone, design, block, batch):
+    input_ids, attention_mask, loop_labels = batch
+    model = build(backbone, core_design=design, core_block=block).train()
+    out = model(input_ids, attention_mask, loop_labels=loop_labels)
+    assert out.loop_logits.shape == (3, 4, 100) and out.logits.shape == (3, 1, 100)
+    assert out.latents.shape == (3, 4, 32)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    assert grads["model.blocks.0.mlp.up.weight"].abs().sum() > 0
+    assert grads["model.gate"].abs().sum() > 0
+    assert all(g is None for name, g in grads.items() if name.startswith("model.backbone."))  # frozen backbone
+
+    model.eval()
+    reasoned = model.reason(input_ids, attention_mask)
+    assert reasoned.answer_ids.shape == reasoned.loops.shape == reasoned.halted.shape == (3,)
+    assert reasoned.trace_ids.shape == (3, int(reasoned.loops.max()))
+    generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=1, do_sample=False)
+    assert generated.shape == (3, 11)
+
+
+def test_full_mode_trains_the_backbone(batch):
+    input_ids, attention_mask, loop_labels = batch
+    model = build(backbone_mode="full").train()
+    model(input_ids, attention_mask, loop_labels=loop_labels).loss.backward()
+    assert model.model.backbone.h[0].attn.c_attn.weight.grad.abs().sum() > 0
+
+
+def test_loss_ignores_padded_loops(batch):
+    input_ids, attention_mask, loop_labels = batch
+    model = build()
+    out = model(input_ids, attention_mask, loop_labels=loop_labels)
+    logits, labels = out.loop_logits.flatten(0, 1), loop_labels.flatten()
+    kept = labels != -100
+    expected = torch.nn.functional.cross_entropy(logits[kept], labels[kept])
+    torch.testing.assert_close(out.loss, expected)
+
+
+
+
+@pytest.mark.parametrize("backbone, design, block", GRID)
+def test_reason_agrees_with_loop_logits_and_batching(backbone, design, block, batch):
+    input_ids, attention_mask, _ = batch
+    model = build(backbone, core_design=design, core_block=block, seed=3)
+    # Make <HALT> (id 2) likely at some loops so halting really happens in this untrained model.
+    with torch.no_grad():
+        model.get_input_embeddings().weight[2] *= 40
+    together = model.reason(input_ids, attention_mask, max_loops=6)
+    loop_logits = model(input_ids, attention_mask, num_loops=6).loop_logits
+    for row in range(3):
+        loops = int(together.loops[row])
+        torch.testing.assert_close(together.trace_ids[row, :loops], loop_logits[row, :loops].argmax(-1))
+        alone = model.reason(input_ids[row : row + 1, attention_mask[row].bool()], max_loops=6)
+        assert int(alone.loops[0]) == loops and bool(alone.halted[0]) == bool(together.halted[row])
+        assert int(alone.answer_ids[0]) == int(together.answer_ids[row])
+        torch.testing.assert_close(alone.trace_ids[0, :loops], together.trace_ids[row, :loops])
+    assert together.halted.any(), "the test needs at least one halting example"
+
+
+def test_halted_examples_leave_the_batch(batch, monkeypatch):
+    input_ids, attention_mask, _ = batch
+    model = build(seed=3)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[2] *= 40
+    rows_per_loop = []
+    step = model.model.loop_step
+    monkeypatch.setattr(model.model, "loop_step", lambda latent, context, loop: rows_per_loop.append(latent.shape[0]) or step(latent, context, loop))
+    out = model.reason(input_ids, attention_mask, max_loops=6)
+    assert sum(rows_per_loop) == int(out.loops.sum())  # the cost is the sum of each example's loops
+
+
+def test_reason_stops_at_the_limit_without_halting(batch):
+    input_ids, attention_mask, _ = batch
+    model = build()
+    with torch.no_grad():
+        model.get_input_embeddings().weight[2] = -10 * model.model.memory_norm.weight.new_ones(32)  # never <HALT>
+    out = model.reason(input_ids, attention_mask, max_loops=9)
+    assert out.loops.tolist() == [9, 9, 9] and not out.halted.any()
+    assert out.answer_ids.tolist() == out.trace_ids[:, -1].tolist()
+    with pytest.raises(ValueError, match=r"`max_loops` must be >= 1 \(got 0\)"):
+        model.reason(input_ids, attention_mask, max_loops=0)
+
+
+def test_zeroed_lifeline_gate_changes_outputs(batch):
+    input_ids, attention_mask, _ = batch
+    model = build()
+    before = model(input_ids, attention_mask, num_loops=4).loop_logits
+    with torch.no_grad():
+        model.model.gate.zero_()
+    after = model(input_ids, attention_mask, num_loops=4).loop_logits
+    assert (before - after).abs().max() > 1e-3
+
+
+def test_left_and_right_padding_agree(batch):
+    input_ids, attention_mask, _ = batch
+    model = build()
+    left = model(input_ids, attention_mask, num_loops=3).loop_logits
+    lengths = attention_mask.sum(1)
+    right_ids, right_mask = torch.zeros_like(input_ids), torch.zeros_like(attention_mask)
+    for row in range(3):
+        right_ids[row, : lengths[row]] = input_ids[row, attention_mask[row].bool()]
+        right_mask[row, : lengths[row]] = 1
+    right = model(right_ids, right_mask, num_loops=3).loop_logits
+    torch.testing.assert_close(left, right, atol=1e-4, rtol=1e-4)
+
+
+def test_truncated_backprop_and_checkpointing(batch):
+    input_ids, attention_mask, loop_labels = batch
+    model = build().train()
+    full = model(input_ids, attention_mask, loop_labels=loop_labels)
+    full.loss.backward()
+    full_grad = model.model.gate.grad.clone()
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    model(input_ids, attention_mask, loop_labels=loop_labels).loss.backward()
+    torch.testing.assert_close(model.model.gate.grad, full_grad)  # checkpointing changes memory, not gradients
+    model.zero_grad()
+    model(input_ids, attention_mask, loop_labels=loop_labels, grad_loops=1).loss.backward()
+    assert not torch.allclose(model.model.gate.grad, full_grad)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m, ids, mask: m(ids[:0], mask[:0]), r"non-empty"),
+        (lambda m, ids, mask: m(ids + 200, mask), r"outside the model's vocabulary \[0, 100\)"),
+        (lambda m, ids, mask: m(ids.repeat(1, 7), mask.repeat(1, 7)), r"70 tokens but the backbone reads at most 64"),
+        (lambda m, ids, mask: m(ids, mask[:, :5]), r"does not match"),
+        (lambda m, ids, mask: m(ids, mask, loop_labels=torch.zeros(3, 9, dtype=torch.long)), r"asks for 9 loops but `max_loops` is 4"),
+        (lambda m, ids, mask: m(ids, mask * 0), r"at least one real token"),
+    ],
+)
+def test_bad_input_raises_a_clear_error(call, message, batch):
+    input_ids, attention_mask, _ = batch
+    with pytest.raises(ValueError, match=message):
+        call(build(), input_ids, attention_mask)
+
+
+@pytest.mark.parametrize("backbone", ["gpt2", "mamba2"])
+def test_plain_transformers_backbone_loads_from_a_local_dir(backbone, tmp_path, batch):
+    spec = dict(TINY_GPT2 if backbone == "gpt2" else TINY_MAMBA2)
+    spec.pop("model_type")
+    torch.manual_seed(0)
+    plain = GPT2Model(GPT2Config(**spec)) if backbone == "gpt2" else Mamba2Model(Mamba2Config(**spec))
+    plain.save_pretrained(tmp_path)
+    model = RecursiveLatentForCausalLM.from_backbone(str(tmp_path), max_loops=4, pad_token_id=0)
+    assert model.config.backbone_name_or_path == str(tmp_path)
+    for name, tensor in plain.state_dict().items():
+        torch.testing.assert_close(model.model.backbone.state_dict()[name], tensor)
+    input_ids, attention_mask, _ = batch
+    assert model.reason(input_ids, attention_mask).answer_ids.shape == (3,)
+
+
+def test_automodel_is_the_base_model(tiny_config):
+    from recursive_latent import RecursiveLatentModel
+
+    assert isinstance(AutoModel.from_config(tiny_config), RecursiveLatentModel)

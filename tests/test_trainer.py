@@ -1,0 +1,130 @@
+"""End-to-end runs of trainers/rlf.py, kept to seconds: stage 1 + stage 2, checkpoints, resume, DDP, bad input."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = textwrap.dedent(
+    """
+    backbone_hidden_size: 32
+    backbone_max_positions: 128
+    pretrain_steps: 20
+    max_steps: 24
+    per_device_train_batch_size: 16
+    learning_rate: 0.003
+    warmup_steps: 0
+    eval_strategy: steps
+    eval_steps: 12
+    eval_size: 8
+    eval_hops: [1, 2]
+    save_strategy: steps
+    save_steps: 12
+    logging_steps: 4
+    curriculum_window: 4
+    use_cpu: true
+    report_to: none
+    seed: 0
+    """
+)
+
+
+def run_trainer(tmp_path, *args, launcher=None, timeout=600):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    command = (launcher or [sys.executable]) + [str(ROOT / "trainers" / "rlf.py"), "--config", str(config), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=timeout)
+
+
+def losses(trainer_state_path):
+    history = json.loads(Path(trainer_state_path).read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
+def test_short_run_learns_saves_loads_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    result = run_trainer(tmp_path, "--output_dir", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = out / "final"
+    assert {"config.json", "model.safetensors", "modeling_recursive.py", "tokenizer.json", "README.md",
+            "training_config.yaml"} <= set(os.listdir(final))
+    history = losses(out / "checkpoint-24" / "trainer_state.json")
+    assert history[-1] < history[0]
+    assert "trainable" in result.stdout and "[eval]" in result.stdout
+
+    # The checkpoint loads with remote code and reasons.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(final, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    inputs = tokenizer(["A = dog. B = A. What is B?\nAnswer:"], return_tensors="pt")
+    assert model.reason(**inputs).answer_ids.shape == (1,)
+
+    # Resume from the middle checkpoint: the same data order and curriculum give the same final weights.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    shutil.rmtree(resumed / "checkpoint-24")
+    shutil.rmtree(resumed / "final")
+    result = run_trainer(tmp_path, "--output_dir", str(resumed), "--resume_from_checkpoint", str(resumed / "checkpoint-12"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = load_file(final / "model.safetensors"), load_file(resumed / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
+def test_two_process_data_parallel_keeps_ranks_identical(tmp_path):
+    out = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    result = run_trainer(tmp_path, "--output_dir", str(out), "--max_steps", "6", "--pretrain_steps", "4",
+                         "--eval_strategy", "no", "--save_strategy", "no", launcher=launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "world size 2" in result.stdout
+    digests = [line.split("weights digest ")[1] for line in result.stdout.splitlines() if "weights digest" in line]
+    assert len(digests) == 2 and digests[0] == digests[1]
+
+
+@pytest.mark.parametrize(
+    "setup, args, message",
+    [
+        (lambda tmp: (tmp / "x.yaml").write_text("no_such_key: 1\n"), ["--config", "x.yaml"], "unknown key"),
+        (lambda tmp: None, ["--config", "missing.yaml"], "config file not found"),
+        (lambda tmp: (tmp / "busy").mkdir() or (tmp / "busy" / "notes.txt").write_text("mine"),
+         ["--output_dir", "busy"], "holds files this trainer did not write"),
+        (lambda tmp: (tmp / "empty").mkdir(), ["--output_dir", "empty", "--resume_from_checkpoint", "empty"],
+         "not a checkpoint directory"),
+        (lambda tmp: None, ["--output_dir", "new", "--resume_from_checkpoint", "latest"], "no checkpoint to resume"),
+    ],
+)
+def test_bad_input_fails_before_training(tmp_path, setup, args, message):
+    setup(tmp_path)
+    config = [] if "--config" in args else ["--config", str(tmp_path / "tiny.yaml")]
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    result = subprocess.run([sys.executable, str(ROOT / "trainers" / "rlf.py"), *config, *args],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "it/s" not in result.stderr  # failed before any training step
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    out = tmp_path / "nan"
+    # A learning rate of 1e30 blows the weights up within a few steps after the first checkpoint.
+    result = run_trainer(tmp_path, "--output_dir", str(out), "--learning_rate", "1e30", "--save_steps", "1",
+                         "--max_grad_norm", "0")
+    assert result.returncode != 0
+    assert "at step" in result.stderr and "last good checkpoint" in result.stderr
+    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert checkpoints, "a checkpoint from before the NaN must survive"
+    weights = load_file(checkpoints[-1] / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
