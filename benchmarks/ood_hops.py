@@ -94,7 +94,6 @@ def main():
         parser.error("--n and every --hops value must be >= 1")
     out = Path(args.out or args.model)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     start = time.perf_counter()
     per_hop = run(args.model, args.variant, args.hops, args.n, args.batch_size, args.seed)

@@ -133,6 +133,14 @@ def parse_arguments(argv=None):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def distractor_kwargs(data_args):
+    """The `shuffled` variant's distractor settings, as `make_example` / `generate_examples` take them."""
+    return dict(
+        num_distractors=(data_args.min_distractors, data_args.max_distractors),
+        distractor_hops=(data_args.min_distractor_hops, data_args.max_distractor_hops),
+    )
+
+
 class HopChainStream(torch.utils.data.Dataset):
     """Fresh training examples made on the fly: example `i` depends only on (seed, i, current max hops), so a
     resumed run sees the same data in the same order. `max_hops` is raised by the curriculum."""
@@ -147,10 +155,7 @@ class HopChainStream(torch.utils.data.Dataset):
         args = self.data_args
         rng = random.Random(self.seed * 1_000_003 + index)
         hops = self.fixed_hops or rng.randint(args.min_hops, self.max_hops)
-        return make_example(
-            rng, hops, variant=args.variant, num_distractors=(args.min_distractors, args.max_distractors),
-            distractor_hops=(args.min_distractor_hops, args.max_distractor_hops),
-        )
+        return make_example(rng, hops, variant=args.variant, **distractor_kwargs(args))
 
 
 def lm_collator(tokenizer):
@@ -170,9 +175,7 @@ def validation_examples(data_args):
     examples = []
     for hops in data_args.eval_hops:
         examples += generate_examples(
-            data_args.eval_size, hops, variant=data_args.variant, seed=10_000 + hops,
-            num_distractors=(data_args.min_distractors, data_args.max_distractors),
-            distractor_hops=(data_args.min_distractor_hops, data_args.max_distractor_hops),
+            data_args.eval_size, hops, variant=data_args.variant, seed=10_000 + hops, **distractor_kwargs(data_args)
         )
     return examples
 
