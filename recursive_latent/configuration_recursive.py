@@ -7,7 +7,7 @@ BACKBONE_MODES = ("frozen", "lora", "full")
 CORE_DESIGNS = ("latent", "sequence")
 CORE_BLOCKS = ("transformer", "mamba2")
 MEMORY_KINDS = ("last", "all")
-BINDING_CONVS = ("none", "embeddings", "output")
+BINDING_CONVS = ("none", "embeddings", "memory")
 HALTING_MODES = ("token",)
 
 
@@ -57,9 +57,14 @@ class RecursiveLatentConfig(PretrainedConfig):
             multi-hop in our probes.
         binding_conv (`str`, *optional*, defaults to `"embeddings"`):
             A short causal conv (Mamba-style) that lets the tokens of one statement see each other: over the token
-            embeddings before the backbone (`"embeddings"`), over the backbone's output (`"output"`), or `"none"`.
-        binding_conv_kernel (`int`, *optional*, defaults to 3):
-            Kernel size of the binding conv.
+            embeddings before the backbone (`"embeddings"`, part of the backbone: frozen with it), over the memory
+            the core reads (`"memory"`, part of the core: always trained), or `"none"`.
+        binding_conv_kernel (`int`, *optional*, defaults to 4):
+            Kernel size of the binding conv (4, Mamba's default, spans a whole `A = dog .` statement).
+        latent_residual (`bool`, *optional*, defaults to `False`):
+            Latent design, transformer core: keep the previous latent in the residual stream of the loop's first
+            block. Off, the latent is replaced each loop by what its attention read (the pointer it followed), so
+            the old pointer cannot match again; measured in `docs/results.md`, off is what learns past one hop.
         latent_norm (`bool`, *optional*, defaults to `True`):
             LayerNorm the latent at the start of every loop. Without it the latent's norm grows each loop and the
             model uses it as a loop counter, which breaks past the trained depth.
@@ -78,10 +83,13 @@ class RecursiveLatentConfig(PretrainedConfig):
             Token id of `<HALT>`.
         halting (`str`, *optional*, defaults to `"token"`):
             How a loop stops: `"token"` stops an example once its loop predicts `halt_token_id`.
-        tie_word_embeddings (`bool`, *optional*, defaults to `True`):
-            Use the backbone's input embeddings as the output projection of the head.
-        initializer_range (`float`, *optional*, defaults to 0.02):
-            Std of the normal initialisation of the core's linear layers.
+        tie_word_embeddings (`bool`, *optional*, defaults to `False`):
+            Use the backbone's input embeddings as the output projection of the head. Off by default: a small
+            backbone's embeddings (std 0.02) give logits too flat for the head to learn from (measured: the loop
+            stays at uniform over the value words).
+        initializer_range (`float`, *optional*):
+            Std of the normal initialisation of the core's and head's linear layers. Defaults to
+            `core_hidden_size ** -0.5` (fan-in scaling); GPT-2's 0.02 is tuned for width 768.
 
     Example:
 
@@ -107,7 +115,8 @@ class RecursiveLatentConfig(PretrainedConfig):
         core_mlp_ratio=4,
         memory="all",
         binding_conv="embeddings",
-        binding_conv_kernel=3,
+        binding_conv_kernel=4,
+        latent_residual=False,
         latent_norm=True,
         lifeline=True,
         lifeline_gate_init=1.0,
@@ -116,8 +125,8 @@ class RecursiveLatentConfig(PretrainedConfig):
         max_inference_loops=72,
         halt_token_id=2,
         halting="token",
-        tie_word_embeddings=True,
-        initializer_range=0.02,
+        tie_word_embeddings=False,
+        initializer_range=None,
         **kwargs,
     ):
         self.backbone_config = self._build_backbone_config(backbone_config)
@@ -132,6 +141,7 @@ class RecursiveLatentConfig(PretrainedConfig):
         self.memory = memory
         self.binding_conv = binding_conv
         self.binding_conv_kernel = binding_conv_kernel
+        self.latent_residual = latent_residual
         self.latent_norm = latent_norm
         self.lifeline = lifeline
         self.lifeline_gate_init = lifeline_gate_init
@@ -141,7 +151,7 @@ class RecursiveLatentConfig(PretrainedConfig):
         self.halt_token_id = halt_token_id
         self.halting = halting
         self.tie_word_embeddings = tie_word_embeddings
-        self.initializer_range = initializer_range
+        self.initializer_range = initializer_range or self.core_hidden_size**-0.5
         # Remote code: both Auto classes resolve to the files `save_pretrained` copies next to the weights.
         kwargs.setdefault("auto_map", {
             "AutoConfig": "configuration_recursive.RecursiveLatentConfig",
@@ -183,7 +193,7 @@ class RecursiveLatentConfig(PretrainedConfig):
         _check_choice("memory", self.memory, MEMORY_KINDS)
         _check_choice("binding_conv", self.binding_conv, BINDING_CONVS)
         _check_choice("halting", self.halting, HALTING_MODES)
-        for name in ("latent_norm", "lifeline", "loop_rotary", "tie_word_embeddings"):
+        for name in ("latent_residual", "latent_norm", "lifeline", "loop_rotary", "tie_word_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False (got {getattr(self, name)!r}).")
 

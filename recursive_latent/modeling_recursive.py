@@ -99,11 +99,13 @@ class CoreBlock(nn.Module):
         self.mlp_norm = nn.LayerNorm(width)
         self.mlp = MLP(width, config.core_mlp_ratio)
 
-    def forward(self, x, key_value=None, mask=None):
+    def forward(self, x, key_value=None, mask=None, residual=True):
         h = self.attn_norm(x)
         if key_value is None:  # sequence design: self-attention over x itself
             key_value = self.attn.project_memory(h)
-        x = x + self.attn(h, key_value, mask)
+        read = self.attn(h, key_value, mask)
+        # Without the residual, what the block read replaces x: the latent becomes the pointer it just followed.
+        x = x + read if residual else read
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -255,9 +257,8 @@ class RecursiveLatentModel(RecursiveLatentPreTrainedModel):
         width = config.core_hidden_size
         # __init__ never downloads: pretrained weights come in through `RecursiveLatentForCausalLM.from_backbone`.
         self.backbone = AutoModel.from_config(config.backbone_config)
-        self.binding = (
-            CausalConv(backbone_width, config.binding_conv_kernel) if config.binding_conv != "none" else None
-        )
+        binding_width = backbone_width if config.binding_conv == "embeddings" else width
+        self.binding = CausalConv(binding_width, config.binding_conv_kernel) if config.binding_conv != "none" else None
         num_memory_layers = config.backbone_config.num_hidden_layers + 1 if config.memory == "all" else 1
         self.memory_norms = nn.ModuleList([nn.LayerNorm(backbone_width) for _ in range(num_memory_layers)])
         self.memory_proj = nn.Linear(num_memory_layers * backbone_width, width)
@@ -321,10 +322,7 @@ class RecursiveLatentModel(RecursiveLatentPreTrainedModel):
         outputs = self.backbone(
             inputs_embeds=embeddings, attention_mask=attention_mask, output_hidden_states=True, **kwargs
         )
-        hidden_states = list(outputs.hidden_states) if self.config.memory == "all" else [outputs.last_hidden_state]
-        if self.config.binding_conv == "output":
-            hidden_states[-1] = self.binding(hidden_states[-1], attention_mask)
-        return hidden_states
+        return list(outputs.hidden_states) if self.config.memory == "all" else [outputs.last_hidden_state]
 
     def encode(self, input_ids, attention_mask=None, position_ids=None):
         """Run the backbone ONCE and build everything the loops read (a `LoopContext`) and the start latent."""
@@ -335,6 +333,8 @@ class RecursiveLatentModel(RecursiveLatentPreTrainedModel):
         # Each layer is normalised before mixing: layer scales differ by orders of magnitude.
         memory = torch.cat([norm(h) for norm, h in zip(self.memory_norms, hidden_states)], dim=-1)
         memory = self.memory_norm(self.memory_proj(memory))  # (B, T, D)
+        if self.config.binding_conv == "memory":
+            memory = self.binding(memory, attention_mask)
         mask = attention_mask.bool()
         last_index = last_token_index(mask)
         rows = torch.arange(memory.shape[0], device=memory.device)
@@ -364,7 +364,8 @@ class RecursiveLatentModel(RecursiveLatentPreTrainedModel):
             attn_mask = context.mask[:, None, None, :]
             for i, block in enumerate(self.blocks):
                 if isinstance(block, CoreBlock):
-                    latent = block(latent[:, None], context.key_values[i], attn_mask)[:, 0]
+                    residual = self.config.latent_residual or i > 0
+                    latent = block(latent[:, None], context.key_values[i], attn_mask, residual)[:, 0]
                 else:
                     latent = block(latent, context.memory, context.mask)
             return latent, latent
@@ -444,12 +445,12 @@ class RecursiveLatentForCausalLM(RecursiveLatentPreTrainedModel, GenerationMixin
     def set_input_embeddings(self, value):
         self.model.set_input_embeddings(value)
 
+    def get_output_embeddings(self):
+        return self.lm_head if self.lm_head is not None else self.get_input_embeddings()
+
     def head(self, x):
         """(..., D) -> (..., V)"""
-        x = self.head_proj(self.head_norm(x))
-        if self.lm_head is not None:
-            return self.lm_head(x)
-        return F.linear(x, self.get_input_embeddings().weight)
+        return F.linear(self.head_proj(self.head_norm(x)), self.get_output_embeddings().weight)
 
     def answer_loop(self, loop_predictions):
         """Index of the answer loop: the one before the first `<HALT>`, else the last. (B, L) -> (B,)"""

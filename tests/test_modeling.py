@@ -63,7 +63,7 @@ def test_reason_agrees_with_loop_logits_and_batching(backbone, design, block, ba
     model = build(backbone, core_design=design, core_block=block, seed=3)
     # Make <HALT> (id 2) likely at some loops so halting really happens in this untrained model.
     with torch.no_grad():
-        model.get_input_embeddings().weight[2] *= 40
+        model.get_output_embeddings().weight[2] *= 40
     together = model.reason(input_ids, attention_mask, max_loops=6)
     loop_logits = model(input_ids, attention_mask, num_loops=6).loop_logits
     for row in range(3):
@@ -80,7 +80,7 @@ def test_halted_examples_leave_the_batch(batch, monkeypatch):
     input_ids, attention_mask, _ = batch
     model = build(seed=3)
     with torch.no_grad():
-        model.get_input_embeddings().weight[2] *= 40
+        model.get_output_embeddings().weight[2] *= 40
     rows_per_loop = []
     step = model.model.loop_step
     monkeypatch.setattr(model.model, "loop_step", lambda latent, context, loop: rows_per_loop.append(latent.shape[0]) or step(latent, context, loop))
@@ -92,7 +92,7 @@ def test_reason_stops_at_the_limit_without_halting(batch):
     input_ids, attention_mask, _ = batch
     model = build()
     with torch.no_grad():
-        model.get_input_embeddings().weight[2] = -10 * model.model.memory_norm.weight.new_ones(32)  # never <HALT>
+        model.get_output_embeddings().weight[2] = -10 * model.model.memory_norm.weight.new_ones(32)  # never <HALT>
     out = model.reason(input_ids, attention_mask, max_loops=9)
     assert out.loops.tolist() == [9, 9, 9] and not out.halted.any()
     assert out.answer_ids.tolist() == out.trace_ids[:, -1].tolist()
@@ -108,6 +108,33 @@ def test_zeroed_lifeline_gate_changes_outputs(batch):
         model.model.gate.zero_()
     after = model(input_ids, attention_mask, num_loops=4).loop_logits
     assert (before - after).abs().max() > 1e-3
+
+
+def test_latent_is_replaced_by_what_it_reads_unless_residual(batch):
+    # One real token and no lifeline: attention can only read that token, so without the residual every loop
+    # computes the same latent from it, whatever the latent was before. With the residual the loops differ.
+    input_ids, attention_mask, _ = batch
+    input_ids, attention_mask = input_ids[:, -1:], attention_mask[:, -1:]
+    for residual in (False, True):
+        model = build(lifeline=False, latent_residual=residual)
+        latents = model(input_ids, attention_mask, num_loops=3).latents
+        same = torch.allclose(latents[:, 0], latents[:, 2], atol=1e-5)
+        assert same != residual
+
+
+@pytest.mark.parametrize("binding_conv", ["none", "embeddings", "memory"])
+def test_binding_conv_placement(binding_conv, batch):
+    # The embeddings conv lets the last token's embedding see the token before it; it belongs to the backbone and
+    # freezes with it. The memory conv sits on the core side and always trains.
+    input_ids, attention_mask, _ = batch
+    model = build(binding_conv=binding_conv, backbone_mode="frozen")
+    changed = input_ids.clone()
+    changed[:, -2] = (changed[:, -2] + 1) % 97 + 3
+    embedding_layer = lambda ids: model.model.run_backbone(ids, attention_mask)[0][:, -1]
+    sees_previous_token = (embedding_layer(input_ids) - embedding_layer(changed)).abs().max() > 1e-6
+    assert sees_previous_token == (binding_conv == "embeddings")
+    if binding_conv != "none":
+        assert model.model.binding.conv.weight.requires_grad == (binding_conv == "memory")
 
 
 def test_left_and_right_padding_agree(batch):
