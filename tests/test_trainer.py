@@ -128,3 +128,16 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
     assert checkpoints, "a checkpoint from before the NaN must survive"
     weights = load_file(checkpoints[-1] / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_ema_weights_are_evaluated_and_saved_while_checkpoints_keep_the_raw_weights(tmp_path):
+    out = tmp_path / "ema"
+    result = run_trainer(tmp_path, "--output_dir", str(out), "--ema_decay", "0.9", "--eval_strategy", "no")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ema = load_file(out / "checkpoint-24" / "ema.safetensors")
+    raw = load_file(out / "checkpoint-24" / "model.safetensors")
+    final = load_file(out / "final" / "model.safetensors")
+    assert ema and set(ema) <= set(final)
+    for key in ema:
+        torch.testing.assert_close(final[key], ema[key])
+    assert any(not torch.allclose(raw[key], ema[key]) for key in ema)

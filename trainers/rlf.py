@@ -17,11 +17,13 @@ import math
 import os
 import random
 import sys
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
+from safetensors.torch import load_file, save_file
 from transformers import EarlyStoppingCallback, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -33,6 +35,7 @@ from recursive_latent import RecursiveLatentConfig, RecursiveLatentForCausalLM
 from recursive_latent.evaluation import evaluate_examples
 
 CURRICULUM_FILE = "curriculum.json"
+EMA_FILE = "ema.safetensors"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -57,10 +60,12 @@ class ModelArguments:
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha in `lora` mode."})
     core_design: str = field(default="latent", metadata={"help": "`latent` or `sequence`."})
     core_block: str = field(default="transformer", metadata={"help": "`transformer` or `mamba2`."})
+    core_hidden_size: int | None = field(default=None, metadata={"help": "Core width (default: the backbone's)."})
     core_num_heads: int = field(default=4, metadata={"help": "Heads of a transformer core block."})
     core_num_layers: int = field(default=1, metadata={"help": "Core blocks per loop."})
     memory: str = field(default="all", metadata={"help": "`all` backbone layers or the `last` one."})
     binding_conv: str = field(default="embeddings", metadata={"help": "`embeddings`, `output` or `none`."})
+    latent_residual: bool = field(default=False, metadata={"help": "Keep the old latent in the core's residual."})
     latent_norm: bool = field(default=True, metadata={"help": "LayerNorm the latent every loop."})
     lifeline: bool = field(default=True, metadata={"help": "Re-inject the prompt state every loop."})
     loop_rotary: bool = field(default=False, metadata={"help": "Rotate the latent by the loop index."})
@@ -96,6 +101,9 @@ class RecursionArguments:
     pretrain_steps: int = field(default=1500, metadata={"help": "Stage 1: LM steps for a backbone built from config."})
     pretrain_learning_rate: float = field(default=2e-3, metadata={"help": "Stage 1 learning rate."})
     pretrain_hops: int = field(default=1, metadata={"help": "Stage 1 text: prompts of this many hops + answer."})
+    ema_decay: float | None = field(
+        default=None, metadata={"help": "Keep an EMA of the trainable weights (e.g. 0.999) for eval and the final save."}
+    )
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "Stop after this many evals without a better `exact_match`."}
     )
@@ -233,6 +241,46 @@ class CurriculumCallback(TrainerCallback):
             self.dataset.max_hops, self.correct, self.count = state["max_hops"], state["correct"], state["count"]
 
 
+class WeightEMA(TrainerCallback):
+    """Exponential moving average of the trainable weights, updated after every optimizer step. Evaluation and
+    the final checkpoint use the average; `checkpoint-*` keep the raw weights (to resume) plus `ema.safetensors`."""
+
+    def __init__(self, model, decay):
+        self.decay = decay
+        self.params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        self.shadow = {name: p.detach().clone() for name, p in self.params.items()}
+
+    @torch.no_grad()
+    def on_step_end(self, args, state, control, **kwargs):
+        for name, p in self.params.items():
+            self.shadow[name].lerp_(p, 1 - self.decay)
+
+    @contextmanager
+    def applied(self):
+        """Swap the averaged weights in for the duration of the block."""
+        raw = {name: p.detach().clone() for name, p in self.params.items()}
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(self.shadow[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in self.params.items():
+                    p.copy_(raw[name])
+
+    def on_save(self, args, state, control, **kwargs):
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / EMA_FILE
+        if state.is_world_process_zero and path.parent.is_dir():
+            save_file({name: t.contiguous() for name, t in self.shadow.items()}, path)
+
+    def restore(self, checkpoint_dir):
+        path = Path(checkpoint_dir) / EMA_FILE
+        if not path.is_file():
+            raise SystemExit(f"error: {checkpoint_dir} has no {EMA_FILE}; it was not trained with --ema_decay")
+        self.shadow.update(load_file(path))
+
+
 class BackboneLMTrainer(Trainer):
     """Stage 1: next-token LM loss of the backbone through the tied embeddings."""
 
@@ -254,9 +302,13 @@ class BackboneLMTrainer(Trainer):
 class RLFTrainer(Trainer):
     """Stage 2: the loop-supervision loss, the curriculum's accuracy feed, and per-hop exact-match evaluation."""
 
-    def __init__(self, *args, recursion_args=None, data_args=None, curriculum=None, **kwargs):
+    def __init__(self, *args, recursion_args=None, data_args=None, curriculum=None, ema=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.recursion_args, self.data_args, self.curriculum = recursion_args, data_args, curriculum
+        self.recursion_args, self.data_args, self.curriculum, self.ema = recursion_args, data_args, curriculum, ema
+
+    def averaged_weights(self):
+        """The EMA weights in place if the run keeps an EMA, else nothing changes."""
+        return self.ema.applied() if self.ema is not None else nullcontext()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         config = self.accelerator.unwrap_model(model).config
@@ -282,7 +334,8 @@ class RLFTrainer(Trainer):
         """Exact match of `reason()` per hop count on the validation prompts (see `validation_examples`)."""
         model = self.accelerator.unwrap_model(self.model)
         examples = eval_dataset if eval_dataset is not None else self.eval_dataset
-        results = evaluate_examples(model, self.processing_class, examples)["per_hop"]
+        with self.averaged_weights():
+            results = evaluate_examples(model, self.processing_class, examples)["per_hop"]
         model.train()
         metrics = {f"{metric_key_prefix}_exact_match_hop_{h}": r["answer_exact_match"] for h, r in results.items()}
         metrics |= {f"{metric_key_prefix}_trace_match_hop_{h}": r["trace_exact_match"] for h, r in results.items()}
@@ -308,14 +361,18 @@ class RLFTrainer(Trainer):
 def build_model(model_args, tokenizer):
     core_kwargs = dict(
         backbone_mode=model_args.backbone_mode, core_design=model_args.core_design, core_block=model_args.core_block,
-        core_num_heads=model_args.core_num_heads, core_num_layers=model_args.core_num_layers, memory=model_args.memory,
-        binding_conv=model_args.binding_conv, latent_norm=model_args.latent_norm, lifeline=model_args.lifeline,
+        core_hidden_size=model_args.core_hidden_size, core_num_heads=model_args.core_num_heads,
+        core_num_layers=model_args.core_num_layers, memory=model_args.memory,
+        binding_conv=model_args.binding_conv, latent_residual=model_args.latent_residual,
+        latent_norm=model_args.latent_norm, lifeline=model_args.lifeline,
         loop_rotary=model_args.loop_rotary, max_loops=model_args.max_loops,
         max_inference_loops=model_args.max_inference_loops, halt_token_id=tokenizer.convert_tokens_to_ids("<HALT>"),
     )
     if model_args.backbone_name_or_path:
         return RecursiveLatentForCausalLM.from_backbone(model_args.backbone_name_or_path, **core_kwargs)
     special = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=None, eos_token_id=tokenizer.eos_token_id)
+    # Fan-in init: the backbones' default std 0.02 is tuned for width 768 and gives a 64-wide LM flat logits.
+    special["initializer_range"] = model_args.backbone_hidden_size**-0.5
     if model_args.backbone_type == "gpt2":
         backbone = dict(
             model_type="gpt2", vocab_size=len(tokenizer), n_positions=model_args.backbone_max_positions,
@@ -331,7 +388,7 @@ def build_model(model_args, tokenizer):
         )
     else:
         raise SystemExit(f"error: --backbone_type must be `gpt2` or `mamba2` (got {model_args.backbone_type!r})")
-    return RecursiveLatentForCausalLM(RecursiveLatentConfig(backbone_config=backbone, **special, **core_kwargs))
+    return RecursiveLatentForCausalLM(RecursiveLatentConfig(backbone_config=backbone, **core_kwargs))
 
 
 def add_lora(model, model_args):
@@ -424,10 +481,15 @@ def main(argv=None):
     train_data = HopChainStream(data_args, train_size, seed=training_args.seed, max_hops=min(start_hops, data_args.max_hops))
     curriculum = CurriculumCallback(train_data, recursion_args, data_args.max_hops) if recursion_args.curriculum else None
     callbacks = [curriculum] if curriculum else []
+    ema = WeightEMA(model, recursion_args.ema_decay) if recursion_args.ema_decay else None
+    if ema is not None:
+        callbacks.append(ema)
     if recursion_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(recursion_args.early_stopping_patience))
     if resume and curriculum:
         curriculum.restore(resume)
+    if resume and ema:
+        ema.restore(resume)
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -442,14 +504,15 @@ def main(argv=None):
         model=model, args=training_args, train_dataset=train_data, eval_dataset=validation_examples(data_args),
         processing_class=tokenizer,
         data_collator=LoopLabelCollator(tokenizer), callbacks=callbacks, recursion_args=recursion_args,
-        data_args=data_args, curriculum=curriculum,
+        data_args=data_args, curriculum=curriculum, ema=ema,
     )
     trainer.train(resume_from_checkpoint=resume)
     # Data-parallel ranks must end with the same weights; each prints a digest so runs (and tests) can check.
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()[:16]
     print(f"[rank {training_args.process_index}] world size {training_args.world_size} weights digest {digest}")
     final_dir = os.path.join(training_args.output_dir, "final")
-    trainer.save_model(final_dir)
+    with trainer.averaged_weights():
+        trainer.save_model(final_dir)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(final_dir)
         Path(final_dir, "training_config.yaml").write_text(
