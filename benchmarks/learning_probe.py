@@ -28,12 +28,13 @@ def main():
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backbone_init", type=float, default=64**-0.5, help="Std of the backbone's init (GPT-2: 0.02).")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
     tokenizer = build_tokenizer()
     backbone = dict(model_type="gpt2", vocab_size=len(tokenizer), n_positions=512, n_embd=64, n_layer=2, n_head=4,
-                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=64**-0.5,
+                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=args.backbone_init,
                     pad_token_id=tokenizer.pad_token_id, bos_token_id=None, eos_token_id=tokenizer.eos_token_id)
     config = dict(backbone_mode="full", halt_token_id=tokenizer.convert_tokens_to_ids("<HALT>"))
     config.update(json.loads(args.config))

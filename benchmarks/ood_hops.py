@@ -34,7 +34,7 @@ def trained_range(model_dir):
 
 def run(model_dir, variant, hops_list, n, batch_size, seed):
     torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True).eval()
     per_hop, speeds = {}, {}
     for hops in hops_list:
