@@ -61,10 +61,10 @@ class RecursiveLatentConfig(PretrainedConfig):
             the core reads (`"memory"`, part of the core: always trained), or `"none"`.
         binding_conv_kernel (`int`, *optional*, defaults to 4):
             Kernel size of the binding conv (4, Mamba's default, spans a whole `A = dog .` statement).
-        latent_residual (`bool`, *optional*, defaults to `False`):
+        latent_residual (`bool`, *optional*, defaults to `True`):
             Latent design, transformer core: keep the previous latent in the residual stream of the loop's first
-            block. Off, the latent is replaced each loop by what its attention read (the pointer it followed), so
-            the old pointer cannot match again; measured in `docs/results.md`, off is what learns past one hop.
+            block. Off, the latent is replaced each loop by what its attention read. Measured in `docs/results.md`:
+            on learned the hops sooner.
         latent_norm (`bool`, *optional*, defaults to `True`):
             LayerNorm the latent at the start of every loop. Without it the latent's norm grows each loop and the
             model uses it as a loop counter, which breaks past the trained depth.
@@ -116,7 +116,7 @@ class RecursiveLatentConfig(PretrainedConfig):
         memory="all",
         binding_conv="embeddings",
         binding_conv_kernel=4,
-        latent_residual=False,
+        latent_residual=True,
         latent_norm=True,
         lifeline=True,
         lifeline_gate_init=1.0,

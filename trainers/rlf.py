@@ -65,7 +65,7 @@ class ModelArguments:
     core_num_layers: int = field(default=1, metadata={"help": "Core blocks per loop."})
     memory: str = field(default="all", metadata={"help": "`all` backbone layers or the `last` one."})
     binding_conv: str = field(default="embeddings", metadata={"help": "`embeddings`, `output` or `none`."})
-    latent_residual: bool = field(default=False, metadata={"help": "Keep the old latent in the core's residual."})
+    latent_residual: bool = field(default=True, metadata={"help": "Keep the old latent in the core's residual."})
     latent_norm: bool = field(default=True, metadata={"help": "LayerNorm the latent every loop."})
     lifeline: bool = field(default=True, metadata={"help": "Re-inject the prompt state every loop."})
     loop_rotary: bool = field(default=False, metadata={"help": "Rotate the latent by the loop index."})
