@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -84,8 +85,12 @@ def test_short_run_learns_saves_loads_and_resumes(tmp_path):
 
 def test_two_process_data_parallel_keeps_ranks_identical(tmp_path):
     out = tmp_path / "ddp"
+    with socket.socket() as probe:  # a free port: a default port still held by an earlier run would fail the launch
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(port)]
     result = run_trainer(tmp_path, "--output_dir", str(out), "--max_steps", "6", "--pretrain_steps", "4",
                          "--eval_strategy", "no", "--save_strategy", "no", launcher=launcher)
     assert result.returncode == 0, result.stderr[-3000:]

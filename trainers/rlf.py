@@ -520,6 +520,10 @@ def main(argv=None):
         )
         write_model_card(final_dir)
         print(f"[done] final checkpoint in {final_dir}")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Tear the process group down on every rank together: a rank that exits with it alive can abort at exit.
+        trainer.accelerator.wait_for_everyone()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
