@@ -109,6 +109,7 @@ def test_two_process_data_parallel_keeps_ranks_identical(tmp_path):
         (lambda tmp: (tmp / "empty").mkdir(), ["--output_dir", "empty", "--resume_from_checkpoint", "empty"],
          "not a checkpoint directory"),
         (lambda tmp: None, ["--output_dir", "new", "--resume_from_checkpoint", "latest"], "no checkpoint to resume"),
+        (lambda tmp: None, ["--output_dir", "new", "--ema_decay", "1.5"], "--ema_decay must be between 0 and 1"),
     ],
 )
 def test_bad_input_fails_before_training(tmp_path, setup, args, message):

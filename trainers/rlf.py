@@ -64,7 +64,7 @@ class ModelArguments:
     core_num_heads: int = field(default=4, metadata={"help": "Heads of a transformer core block."})
     core_num_layers: int = field(default=1, metadata={"help": "Core blocks per loop."})
     memory: str = field(default="all", metadata={"help": "`all` backbone layers or the `last` one."})
-    binding_conv: str = field(default="embeddings", metadata={"help": "`embeddings`, `output` or `none`."})
+    binding_conv: str = field(default="embeddings", metadata={"help": "`embeddings`, `memory` or `none`."})
     latent_residual: bool = field(default=True, metadata={"help": "Keep the old latent in the core's residual."})
     latent_norm: bool = field(default=True, metadata={"help": "LayerNorm the latent every loop."})
     lifeline: bool = field(default=True, metadata={"help": "Re-inject the prompt state every loop."})
@@ -203,6 +203,11 @@ def offset_positions(attention_mask, max_positions, enabled):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def checkpoint_file(args, state, name):
+    """Where a callback stores its own state inside the checkpoint the Trainer just saved."""
+    return Path(args.output_dir) / f"checkpoint-{state.global_step}" / name
+
+
 class CurriculumCallback(TrainerCallback):
     """Raises the training max hops by one when the sequence accuracy of recent batches (summed over ranks)
     passes the threshold; saves its state into every checkpoint so a resumed run continues the same stage."""
@@ -230,7 +235,7 @@ class CurriculumCallback(TrainerCallback):
                       f"{self.dataset.max_hops}")
 
     def on_save(self, args, state, control, **kwargs):
-        path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / CURRICULUM_FILE
+        path = checkpoint_file(args, state, CURRICULUM_FILE)
         if state.is_world_process_zero and path.parent.is_dir():
             path.write_text(json.dumps({"max_hops": self.dataset.max_hops, "correct": self.correct, "count": self.count}))
 
@@ -270,7 +275,7 @@ class WeightEMA(TrainerCallback):
                     p.copy_(raw[name])
 
     def on_save(self, args, state, control, **kwargs):
-        path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / EMA_FILE
+        path = checkpoint_file(args, state, EMA_FILE)
         if state.is_world_process_zero and path.parent.is_dir():
             save_file({name: t.contiguous() for name, t in self.shadow.items()}, path)
 
@@ -435,6 +440,8 @@ def check_output_dir(training_args):
 def main(argv=None):
     model_args, data_args, recursion_args, training_args, config_path = parse_arguments(argv)
     check_output_dir(training_args)
+    if recursion_args.ema_decay is not None and not 0 < recursion_args.ema_decay < 1:
+        raise SystemExit(f"error: --ema_decay must be between 0 and 1 (got {recursion_args.ema_decay})")
     resume = training_args.resume_from_checkpoint
     if resume in ("last", "latest", "True", "true"):
         out = training_args.output_dir
