@@ -18,8 +18,8 @@ install: $(VENV)/.installed
 
 demo: install
 	$(VENV)/bin/accelerate launch --num_processes 1 --cpu trainers/rlf.py --config trainers/configs/default.yaml --output_dir $(OUT)
-	$(PY) benchmarks/ood_hops.py --model $(OUT)/final --variant shuffled --out $(OUT)
-	$(PY) -m model_cards.generate $(OUT)/final --results $(OUT)/ood_hops.json
+	$(PY) benchmarks/ood_hops.py --model $(OUT)/final --variant shuffled
+	$(PY) -m model_cards.generate $(OUT)/final
 
 test: install
 	$(PY) -m pytest -q tests

@@ -50,7 +50,8 @@ def limits(results):
     return f"Answer exact match falls below 99% at {', '.join(map(str, weak))} hops."
 
 
-def write_model_card(checkpoint_dir, results_path=None, repo_id=None):
+def build_model_card(checkpoint_dir, results_path=None, repo_id=None):
+    """The card of a checkpoint, built from its files; `repo_id` names the Hub repo in the loading snippet."""
     checkpoint_dir = Path(checkpoint_dir)
     config = json.loads((checkpoint_dir / "config.json").read_text())
     config_file = checkpoint_dir / "training_config.yaml"
@@ -70,7 +71,12 @@ def write_model_card(checkpoint_dir, results_path=None, repo_id=None):
         train_hops=f"{data.get('min_hops', '?')}-{data.get('max_hops', '?')}", results_table=results_table(results),
         training_config=yaml.safe_dump(training, sort_keys=False).strip(), limits=limits(results),
     )
-    card.save(checkpoint_dir / "README.md")
+    return card
+
+
+def write_model_card(checkpoint_dir, results_path=None, repo_id=None):
+    card = build_model_card(checkpoint_dir, results_path, repo_id)
+    card.save(Path(checkpoint_dir) / "README.md")
     return card
 
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -64,10 +65,12 @@ def save_checkpoint(path, **config_kwargs):
     return model, tokenizer
 
 
-def run_fresh(path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(path / "hf_home"), "PYTHONPATH": ""}
+def run_fresh(path, workdir=None, env=None):
+    """Load `path` (a directory, or a repo id with `env` pointing at a Hub) in a fresh process; return its outputs."""
+    workdir = Path(workdir or path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(workdir / "hf_home"), "PYTHONPATH": "", **(env or {})}
     result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(path), json.dumps(PROMPTS)],
-                            capture_output=True, text=True, env=env, cwd=path, timeout=300)
+                            capture_output=True, text=True, env=env, cwd=workdir, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.split("RESULT ")[-1])
 

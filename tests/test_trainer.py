@@ -38,11 +38,11 @@ TINY = textwrap.dedent(
 )
 
 
-def run_trainer(tmp_path, *args, launcher=None, timeout=600):
+def run_trainer(tmp_path, *args, launcher=None, timeout=600, env=None):
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY)
     command = (launcher or [sys.executable]) + [str(ROOT / "trainers" / "rlf.py"), "--config", str(config), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=timeout)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from huggingface_hub import get_token
 from safetensors.torch import load_file, save_file
 from transformers import EarlyStoppingCallback, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
@@ -33,6 +34,7 @@ from dataset_scripts.tokenizer import build_tokenizer
 from model_cards.generate import write_model_card
 from recursive_latent import RecursiveLatentConfig, RecursiveLatentForCausalLM
 from recursive_latent.evaluation import evaluate_examples
+from recursive_latent.hub import HubPushError, push_checkpoint
 
 CURRICULUM_FILE = "curriculum.json"
 EMA_FILE = "ema.safetensors"
@@ -452,6 +454,13 @@ def main(argv=None):
         raise SystemExit(f"error: --resume_from_checkpoint {resume} is not a checkpoint directory")
     if resume and model_args.backbone_mode == "lora":
         raise SystemExit("error: resuming a `lora` run is not supported (checkpoints hold merged weights)")
+    # The final checkpoint is pushed once, with its card; the Trainer's own push would sync every checkpoint.
+    push_to = training_args.hub_model_id if training_args.push_to_hub else None
+    if training_args.push_to_hub and push_to is None:
+        raise SystemExit("error: --push_to_hub needs --hub_model_id user/name")
+    training_args.push_to_hub = False
+    if push_to and (training_args.hub_token or get_token()) is None:
+        raise SystemExit("error: --push_to_hub needs a Hugging Face token: log in with `hf auth login` or set HF_TOKEN")
 
     # Batches carry prompts and loop targets, not just forward() arguments: keep every column.
     training_args.remove_unused_columns = False
@@ -527,6 +536,13 @@ def main(argv=None):
         )
         write_model_card(final_dir)
         print(f"[done] final checkpoint in {final_dir}")
+        if push_to:
+            try:
+                info = push_checkpoint(final_dir, push_to, token=training_args.hub_token,
+                                       private=training_args.hub_private_repo or False)
+            except HubPushError as error:
+                raise SystemExit(f"error: {error} (the final checkpoint is saved in {final_dir})") from None
+            print(f"[hub] pushed {final_dir} to {push_to}: {info.commit_url}")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # Tear the process group down on every rank together: a rank that exits with it alive can abort at exit.
         trainer.accelerator.wait_for_everyone()
