@@ -17,7 +17,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dataset_scripts.hop_chains import generate_examples
+from dataset_scripts.hop_chains import LANES, generate_examples
 from recursive_latent.evaluation import evaluate_examples
 
 DEFAULT_HOPS = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32]
@@ -32,13 +32,13 @@ def trained_range(model_dir):
     return [data.get("min_hops"), data.get("max_hops")]
 
 
-def run(model_dir, variant, hops_list, n, batch_size, seed):
+def run(model_dir, variant, hops_list, n, batch_size, seed, lane="pointer"):
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True).eval()
     per_hop, speeds = {}, {}
     for hops in hops_list:
-        examples = generate_examples(n, hops, variant=variant, seed=seed + hops)
+        examples = generate_examples(n, hops, variant=variant, seed=seed + hops, lane=lane)
         result = evaluate_examples(model, tokenizer, examples, batch_size=batch_size)
         per_hop[hops] = result["per_hop"][hops]
         per_hop[hops]["examples_per_second"] = result["examples_per_second"]
@@ -84,6 +84,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="checkpoint directory (or Hub id)")
     parser.add_argument("--variant", default="shuffled", choices=["shuffled", "chain"])
+    parser.add_argument("--lane", default="pointer", choices=LANES, help="task lane (`arith` prompts are chains)")
     parser.add_argument("--hops", type=int, nargs="+", default=DEFAULT_HOPS)
     parser.add_argument("--n", type=int, default=1000, help="fresh prompts per hop count")
     parser.add_argument("--batch_size", type=int, default=256)
@@ -96,9 +97,10 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
-    per_hop = run(args.model, args.variant, args.hops, args.n, args.batch_size, args.seed)
+    per_hop = run(args.model, args.variant, args.hops, args.n, args.batch_size, args.seed, args.lane)
     results = {
-        "model": str(args.model), "variant": args.variant, "n": args.n, "seed": args.seed,
+        "model": str(args.model), "lane": args.lane, "variant": "chain" if args.lane == "arith" else args.variant,
+        "n": args.n, "seed": args.seed,
         "trained_hops": trained_range(args.model), "per_hop": per_hop,
         "seconds": time.perf_counter() - start,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

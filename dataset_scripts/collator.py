@@ -15,7 +15,7 @@ class LoopLabelCollator:
     Returns ``input_ids`` and ``attention_mask`` (left padded by the tokenizer),
     ``loop_labels`` of shape ``[batch, loops]`` holding the token id of the target
     for each loop, ``IGNORE_INDEX`` after the example's ``<HALT>``, and ``hops``
-    of shape ``[batch]``.
+    of shape ``[batch]``, and ``lanes``, each example's task lane (a list of names).
 
     Args:
         tokenizer: the tokenizer from :func:`dataset_scripts.tokenizer.build_tokenizer`.
@@ -44,4 +44,5 @@ class LoopLabelCollator:
             **batch,
             "loop_labels": loop_labels,
             "hops": torch.tensor([example["hops"] for example in examples], dtype=torch.long),
+            "lanes": [example.get("lane", "pointer") for example in examples],
         }

@@ -90,6 +90,10 @@ class RecursiveLatentConfig(PretrainedConfig):
         initializer_range (`float`, *optional*):
             Std of the normal initialisation of the core's and head's linear layers. Defaults to
             `core_hidden_size ** -0.5` (fan-in scaling); GPT-2's 0.02 is tuned for width 768.
+        base_lane (`str`, *optional*, defaults to `"pointer"`):
+            The task lane the shared weights were trained on; its examples run without an adapter.
+        lane_adapters (`list[str]`, *optional*):
+            Lanes with a PEFT LoRA adapter on the core, saved in `adapters/<lane>/` and loaded by `from_pretrained`.
 
     Example:
 
@@ -127,6 +131,8 @@ class RecursiveLatentConfig(PretrainedConfig):
         halting="token",
         tie_word_embeddings=False,
         initializer_range=None,
+        base_lane="pointer",
+        lane_adapters=None,
         **kwargs,
     ):
         self.backbone_config = self._build_backbone_config(backbone_config)
@@ -152,6 +158,8 @@ class RecursiveLatentConfig(PretrainedConfig):
         self.halting = halting
         self.tie_word_embeddings = tie_word_embeddings
         self.initializer_range = initializer_range or self.core_hidden_size**-0.5
+        self.base_lane = base_lane
+        self.lane_adapters = list(lane_adapters or [])
         # Remote code: both Auto classes resolve to the files `save_pretrained` copies next to the weights.
         kwargs.setdefault("auto_map", {
             "AutoConfig": "configuration_recursive.RecursiveLatentConfig",
@@ -206,6 +214,9 @@ class RecursiveLatentConfig(PretrainedConfig):
                 f"`core_hidden_size` must be divisible by `core_num_heads` (got {self.core_hidden_size} and "
                 f"{self.core_num_heads})."
             )
+        if self.base_lane in self.lane_adapters or len(set(self.lane_adapters)) != len(self.lane_adapters):
+            raise ValueError(f"`lane_adapters` must name distinct lanes other than `base_lane` (got "
+                             f"{self.lane_adapters} with base lane {self.base_lane!r}).")
         vocab_size = self.backbone_config.vocab_size
         if not isinstance(self.halt_token_id, int) or not 0 <= self.halt_token_id < vocab_size:
             raise ValueError(

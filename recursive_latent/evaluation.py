@@ -21,14 +21,18 @@ def wilson_interval(successes, total, z=1.96):
 
 @torch.no_grad()
 def reason_batches(model, tokenizer, examples, batch_size=256, max_loops=None, progress=False):
-    """Run `model.reason` over `examples` (dicts with `prompt`); yield (examples chunk, output) per batch."""
+    """Run `model.reason` over `examples` (dicts with `prompt`, optionally `lane`); yield (chunk, output) per batch."""
     model.eval()
     chunks = range(0, len(examples), batch_size)
     for start in tqdm(chunks, desc="reason", disable=not progress):
         chunk = examples[start : start + batch_size]
         inputs = tokenizer([example["prompt"] for example in chunk], padding=True, return_tensors="pt")
         inputs = {key: value.to(model.device) for key, value in inputs.items()}
-        yield chunk, model.reason(inputs["input_ids"], inputs["attention_mask"], max_loops=max_loops)
+        # Lanes are passed only when some example leaves the base lane, so checkpoints from before lanes still run.
+        base_lane = getattr(model.config, "base_lane", "pointer")
+        lanes = [example.get("lane", base_lane) for example in chunk]
+        kwargs = {"lanes": lanes} if set(lanes) != {base_lane} else {}
+        yield chunk, model.reason(inputs["input_ids"], inputs["attention_mask"], max_loops=max_loops, **kwargs)
 
 
 def evaluate_examples(model, tokenizer, examples, batch_size=256, max_loops=None, progress=False):

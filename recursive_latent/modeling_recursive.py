@@ -1,18 +1,28 @@
 """RecursiveLatent: a pretrained backbone read once, then a tiny core looped over a latent until it predicts <HALT>."""
 
 import math
+import re
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.models.mamba2.modeling_mamba2 import Mamba2Block, Mamba2Mixer
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput, cached_file, logging
 
 from .configuration_recursive import RecursiveLatentConfig
 
 logger = logging.get_logger(__name__)
+
+# Lanes (TREX): a PEFT LoRA adapter per task on the core's linear layers, chosen per example. Rows of the base lane
+# run without one; PEFT's mixed-batch LoRA groups the rows of each adapter, so one batch may mix lanes.
+LANE_TARGETS = r"model\.(memory_proj|blocks\.\d+\.(attn\.(query|key_value|out)|mlp\.(up|down)|mixer\.(in_proj|out_proj)))"
+NO_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+PEFT_PREFIX = "base_model.model."  # key prefix of a standard PEFT adapter file
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -230,13 +240,15 @@ class LoopContext:
     last_index: torch.Tensor
     prompt_state: torch.Tensor
     key_values: list | None = None
+    adapter_names: list | None = None  # lane adapter of each row, None when no row uses one
 
     def select(self, rows):
         key_values = None
         if self.key_values is not None:
             key_values = [(k[rows], v[rows]) for k, v in self.key_values]
+        adapter_names = None if self.adapter_names is None else [self.adapter_names[i] for i in rows.tolist()]
         return LoopContext(
-            self.memory[rows], self.mask[rows], self.last_index[rows], self.prompt_state[rows], key_values
+            self.memory[rows], self.mask[rows], self.last_index[rows], self.prompt_state[rows], key_values, adapter_names
         )
 
 
@@ -269,9 +281,15 @@ class RecursiveLatentModel(RecursiveLatentPreTrainedModel):
         # The lifeline gate stays float32 (as in the RLF seed) so tiny per-channel changes survive low precision.
         self.gate = nn.Parameter(torch.empty(width, dtype=torch.float32)) if config.lifeline else None
         self.gradient_checkpointing = False
+        self.row_adapters = None  # lane adapter of each row of the batch the core is running, read by `route_lanes`
         self.post_init()
         if config.backbone_mode != "full":
             self.freeze_backbone()
+
+    def route_lanes(self, module, args, kwargs):
+        """Forward pre-hook of every lane LoRA layer: tell it each row's adapter (none when no lanes are given)."""
+        kwargs["adapter_names"] = self.row_adapters or [NO_ADAPTER] * args[0].shape[0]
+        return args, kwargs
 
     def freeze_backbone(self):
         """Stop gradients into the backbone and into a binding conv on its input embeddings (trained with it)."""
@@ -324,11 +342,12 @@ class RecursiveLatentModel(RecursiveLatentPreTrainedModel):
         )
         return list(outputs.hidden_states) if self.config.memory == "all" else [outputs.last_hidden_state]
 
-    def encode(self, input_ids, attention_mask=None, position_ids=None):
+    def encode(self, input_ids, attention_mask=None, position_ids=None, adapter_names=None):
         """Run the backbone ONCE and build everything the loops read (a `LoopContext`) and the start latent."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         self.check_inputs(input_ids, attention_mask)
+        self.row_adapters = adapter_names
         hidden_states = self.run_backbone(input_ids, attention_mask, position_ids)
         # Each layer is normalised before mixing: layer scales differ by orders of magnitude.
         memory = torch.cat([norm(h) for norm, h in zip(self.memory_norms, hidden_states)], dim=-1)
@@ -346,13 +365,14 @@ class RecursiveLatentModel(RecursiveLatentPreTrainedModel):
             prompt_state = memory  # (B, T, D): the whole prompt is re-injected
             latent = memory
             key_values = None
-        return LoopContext(memory, mask, last_index, prompt_state, key_values or None), latent
+        return LoopContext(memory, mask, last_index, prompt_state, key_values or None, adapter_names), latent
 
     # -- 2. one loop ---------------------------------------------------------------------------------------------
 
     def loop_step(self, latent, context, loop):
         """One loop: normalise the latent, re-inject the prompt (lifeline), optionally rotate by the loop index,
         then the core blocks. Returns the new latent and the vector the head reads, (B, D)."""
+        self.row_adapters = context.adapter_names
         if self.latent_norm is not None:
             latent = self.latent_norm(latent)
         if self.gate is not None:
@@ -383,18 +403,23 @@ class RecursiveLatentModel(RecursiveLatentPreTrainedModel):
 
     # -- 3. the loops --------------------------------------------------------------------------------------------
 
-    def forward(self, input_ids, attention_mask=None, num_loops=None, position_ids=None, grad_loops=None, **kwargs):
+    def forward(
+        self, input_ids, attention_mask=None, num_loops=None, position_ids=None, grad_loops=None, adapter_names=None,
+        **kwargs,
+    ):
         r"""
         num_loops (`int`, *optional*):
             Loops to run; defaults to `config.max_inference_loops`.
         grad_loops (`int`, *optional*):
             Truncated backprop (as in Huginn and TRM): only the last `grad_loops` loops get gradients, the earlier
             ones run under `torch.no_grad()`. `None` backpropagates through every loop.
+        adapter_names (`list[str]`, *optional*):
+            The lane adapter of each row (`RecursiveLatentForCausalLM` builds it from `lanes`).
         """
         num_loops = num_loops or self.config.max_inference_loops
         if num_loops < 1:
             raise ValueError(f"`num_loops` must be >= 1 (got {num_loops}).")
-        context, latent = self.encode(input_ids, attention_mask, position_ids)
+        context, latent = self.encode(input_ids, attention_mask, position_ids, adapter_names)
         first_grad_loop = 0 if grad_loops is None else max(num_loops - grad_loops, 0)
         outputs = []
         for loop in range(num_loops):
@@ -461,7 +486,7 @@ class RecursiveLatentForCausalLM(RecursiveLatentPreTrainedModel, GenerationMixin
 
     def forward(
         self, input_ids, attention_mask=None, loop_labels=None, num_loops=None, position_ids=None, grad_loops=None,
-        **kwargs,
+        lanes=None, **kwargs,
     ):
         r"""
         loop_labels (`torch.LongTensor` of shape `(batch_size, num_loops)`, *optional*):
@@ -473,6 +498,8 @@ class RecursiveLatentForCausalLM(RecursiveLatentPreTrainedModel, GenerationMixin
             GPT-2 positions (training shifts them by random offsets); ignored by Mamba2.
         grad_loops (`int`, *optional*):
             Backpropagate only through the last `grad_loops` loops.
+        lanes (`str` or `list[str]`, *optional*):
+            The task lane of every example (or one for all): its LoRA adapter runs on the core. Default: the base lane.
         """
         if loop_labels is not None:
             if loop_labels.shape[1] > self.config.max_loops:
@@ -481,7 +508,8 @@ class RecursiveLatentForCausalLM(RecursiveLatentPreTrainedModel, GenerationMixin
                 )
             num_loops = loop_labels.shape[1]
         outputs = self.model(
-            input_ids, attention_mask, num_loops=num_loops, position_ids=position_ids, grad_loops=grad_loops
+            input_ids, attention_mask, num_loops=num_loops, position_ids=position_ids, grad_loops=grad_loops,
+            adapter_names=self.adapter_names(lanes, input_ids.shape[0]),
         )
         loop_logits = self.head(outputs.latents)  # (B, L, V)
         loss = None
@@ -495,13 +523,15 @@ class RecursiveLatentForCausalLM(RecursiveLatentPreTrainedModel, GenerationMixin
         )
 
     @torch.no_grad()
-    def reason(self, input_ids, attention_mask=None, max_loops=None):
+    def reason(self, input_ids, attention_mask=None, max_loops=None, lanes=None):
         """Loop until each example predicts `<HALT>` or hits `max_loops` (default `config.max_inference_loops`).
-        Examples that halted leave the batch, so a batch costs the sum of its examples' loops."""
+        Examples that halted leave the batch, so a batch costs the sum of its examples' loops. `lanes` picks each
+        example's lane adapter, as in `forward`."""
         max_loops = self.config.max_inference_loops if max_loops is None else max_loops
         if max_loops < 1:
             raise ValueError(f"`max_loops` must be >= 1 (got {max_loops}).")
-        context, latent = self.model.encode(input_ids, attention_mask)
+        adapter_names = self.adapter_names(lanes, input_ids.shape[0])
+        context, latent = self.model.encode(input_ids, attention_mask, adapter_names=adapter_names)
         B, device = input_ids.shape[0], input_ids.device
         pad_id = self.config.pad_token_id if self.config.pad_token_id is not None else 0
         trace = torch.full((B, max_loops), pad_id, dtype=torch.long, device=device)
@@ -529,6 +559,113 @@ class RecursiveLatentForCausalLM(RecursiveLatentPreTrainedModel, GenerationMixin
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
         # No cache: every generated token re-reads the whole prompt (generation is one token: the answer).
         return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    # -- lanes: per-task LoRA adapters on the shared core (PEFT) ------------------------------------------------
+
+    @property
+    def lanes(self):
+        return [self.config.base_lane, *self.config.lane_adapters]
+
+    def adapter_names(self, lanes, batch_size):
+        """Each row's adapter name for PEFT's mixed-batch LoRA, from a lane per row (or one lane for all)."""
+        if lanes is None:
+            return None
+        lanes = [lanes] * batch_size if isinstance(lanes, str) else list(lanes)
+        if len(lanes) != batch_size:
+            raise ValueError(f"`lanes` has {len(lanes)} entries for a batch of {batch_size}.")
+        unknown = sorted(set(lanes) - set(self.lanes))
+        if unknown:
+            raise ValueError(f"Unknown lane(s) {unknown}: this model has lanes {self.lanes}.")
+        if not self.config.lane_adapters:
+            return None
+        return [NO_ADAPTER if lane == self.config.base_lane else lane for lane in lanes]
+
+    def add_lane(self, lane, r=4, lora_alpha=8):
+        """Add an untrained LoRA adapter for `lane` on the core (memory projection and core blocks) and return its
+        parameters; the trainer freezes everything else, so the shared weights stay bit-identical."""
+        from peft import LoraConfig
+
+        if lane in self.lanes or not re.fullmatch(r"[a-z][a-z0-9_]*", lane) or lane in "lora_":
+            raise ValueError(f"Lane name {lane!r} is taken or invalid (lanes: {self.lanes}); use lowercase letters, "
+                             f"digits and _ (PEFT also refuses substrings of 'lora_').")
+        self._inject_lane(lane, LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=LANE_TARGETS, lora_dropout=0.0))
+        return self.lane_parameters(lane)
+
+    def _inject_lane(self, lane, lora_config):
+        from peft import inject_adapter_in_model
+        from peft.tuners.lora import LoraLayer
+
+        with warnings.catch_warnings():  # PEFT warns on every adapter after the first; several are the point here
+            warnings.simplefilter("ignore")
+            inject_adapter_in_model(lora_config, self, adapter_name=lane)
+        for module in self.modules():
+            if isinstance(module, LoraLayer) and not getattr(module, "routes_lanes", False):
+                module.register_forward_pre_hook(self.model.route_lanes, with_kwargs=True)
+                module.routes_lanes = True
+        self.config.lane_adapters = [*self.config.lane_adapters, lane]
+
+    def lane_parameters(self, lane):
+        return [p for name, p in self.named_parameters() if re.search(rf"\.lora_[AB]\.{lane}\.", name)]
+
+    def save_lane(self, lane, directory):
+        """Save one lane as a standard PEFT adapter folder (`adapter_config.json`, `adapter_model.safetensors`)."""
+        from peft import get_peft_model_state_dict
+
+        directory = Path(directory)
+        self.peft_config[lane].save_pretrained(directory)
+        state = get_peft_model_state_dict(self, adapter_name=lane)
+        save_file({PEFT_PREFIX + key: value.contiguous() for key, value in state.items()},
+                  directory / "adapter_model.safetensors", metadata={"format": "pt"})
+
+    def load_lane(self, lane, path_or_repo_id, subfolder="", **hub_kwargs):
+        """Load a lane adapter saved by `save_lane`: a local folder, or a Hub repo with `subfolder`."""
+        from peft import LoraConfig, set_peft_model_state_dict
+
+        if lane in self.lanes:
+            raise ValueError(f"This model already has lane {lane!r} (lanes: {self.lanes}).")
+        files = [cached_file(path_or_repo_id, name, subfolder=subfolder, **hub_kwargs)
+                 for name in ("adapter_config.json", "adapter_model.safetensors")]
+        state = {key.removeprefix(PEFT_PREFIX): value for key, value in load_file(files[1]).items()}
+        self._check_lane_shapes(lane, state)
+        self._inject_lane(lane, LoraConfig.from_pretrained(str(Path(files[0]).parent)))
+        set_peft_model_state_dict(self, state, adapter_name=lane)
+
+    def _check_lane_shapes(self, lane, state):
+        """Refuse an adapter saved for another core before touching the model: LoRA A is (r, in), B is (out, r)."""
+        for key, value in state.items():
+            module_name, kind = key.rsplit(".lora_", 1)
+            module = dict(self.named_modules()).get(module_name)
+            module = getattr(module, "base_layer", module)
+            expected = None
+            if isinstance(module, nn.Linear):
+                expected = module.in_features if kind.startswith("A") else module.out_features
+            got = value.shape[1] if kind.startswith("A") else value.shape[0]
+            if expected != got:
+                raise ValueError(
+                    f"Lane {lane!r} was saved for a different core: its {key} has shape {tuple(value.shape)}, "
+                    f"which does not fit {'no layer' if expected is None else f'a layer of width {expected}'} here."
+                )
+
+    def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
+        """Save the shared weights in the plain layout, then every lane as a PEFT folder in `adapters/<lane>/`."""
+        if self.config.lane_adapters:
+            state_dict = state_dict if state_dict is not None else self.state_dict()
+            state_dict = {key.replace(".base_layer.", "."): value for key, value in state_dict.items()
+                          if ".lora_" not in key}
+        super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+        for lane in self.config.lane_adapters:
+            self.save_lane(lane, Path(save_directory) / "adapters" / lane)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, then every lane adapter the checkpoint lists (local or on the Hub)."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        lanes, model.config.lane_adapters = model.config.lane_adapters, []
+        hub_kwargs = {key: kwargs[key] for key in ("cache_dir", "revision", "token", "local_files_only") if key in kwargs}
+        for lane in lanes:
+            subfolder = "/".join(filter(None, [kwargs.get("subfolder"), "adapters", lane]))
+            model.load_lane(lane, pretrained_model_name_or_path, subfolder=subfolder, **hub_kwargs)
+        return model
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -132,3 +132,59 @@ def test_trainer_push_without_a_token_or_repo_fails_before_training(hub, tmp_pat
     no_repo = run_trainer(tmp_path, "--output_dir", str(tmp_path / "b"), "--push_to_hub", env=hub_env(hub, tmp_path))
     assert no_repo.returncode != 0 and "needs --hub_model_id" in no_repo.stderr
     assert "it/s" not in no_token.stderr + no_repo.stderr
+
+
+FRESH_LANES = """
+import json, sys
+sys.modules["recursive_latent"] = None
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+repo, prompts = sys.argv[1], json.loads(sys.argv[2])
+tokenizer = AutoTokenizer.from_pretrained(repo)
+every_lane = AutoModelForCausalLM.from_pretrained(repo, trust_remote_code=True).eval()
+one_lane = AutoModelForCausalLM.from_pretrained(repo, trust_remote_code=True, lane_adapters=[]).eval()
+one_lane.load_lane("other", repo, subfolder="adapters/other")
+inputs = tokenizer(prompts, padding=True, return_tensors="pt")
+with torch.no_grad():
+    every = every_lane(**inputs, num_loops=4, lanes=["arith", "other"]).loop_logits
+    one = one_lane(**inputs, num_loops=4, lanes=["pointer", "other"]).loop_logits
+print("RESULT " + json.dumps({"lanes": [every_lane.lanes, one_lane.lanes], "every": every.tolist(), "one": one.tolist()}))
+"""
+
+
+def test_lanes_push_with_the_checkpoint_or_one_by_one_and_pull_back(hub, pushed, tmp_path):
+    model = RecursiveLatentForCausalLM.from_pretrained(pushed["final"]).eval()
+    for lane in ("arith", "other"):
+        for p in model.add_lane(lane):
+            torch.nn.init.normal_(p, std=0.5)
+    model.save_pretrained(tmp_path / "with_other")
+    build_tokenizer().save_pretrained(tmp_path / "with_other")
+    only_arith = RecursiveLatentForCausalLM.from_pretrained(tmp_path / "with_other")
+    only_arith.config.lane_adapters = ["arith"]  # as it was before the `other` lane was trained
+    only_arith.save_pretrained(tmp_path / "with_arith")
+    build_tokenizer().save_pretrained(tmp_path / "with_arith")
+
+    env = hub_env(hub, tmp_path)
+    first = run_module(["-m", "recursive_latent.hub", "push", str(tmp_path / "with_arith"), "user/lanes"], env, ROOT)
+    assert first.returncode == 0, first.stderr[-3000:]
+    uploads = len(hub.uploads)
+    second = run_module(["-m", "recursive_latent.hub", "push", str(tmp_path / "with_other"), "user/lanes", "--lane",
+                         "other"], env, ROOT)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert {path for _, path in hub.uploads[uploads:]} == {"adapters/other/adapter_model.safetensors",
+                                                          "adapters/other/adapter_config.json", "config.json"}
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    result = run_module(["-c", FRESH_LANES, "user/lanes", json.dumps(PROMPTS)],
+                        {**env, "HF_HOME": str(fresh / "cache"), "HF_TOKEN": "", "PYTHONPATH": ""}, fresh)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = json.loads(result.stdout.split("RESULT ")[-1])
+    # from_pretrained brings every lane the pushed config lists; load_lane pulls one.
+    assert got["lanes"] == [["pointer", "arith", "other"], ["pointer", "other"]]
+    inputs = build_tokenizer()(PROMPTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        every = model(**inputs, num_loops=4, lanes=["arith", "other"]).loop_logits
+        one = model(**inputs, num_loops=4, lanes=["pointer", "other"]).loop_logits
+    assert (torch.tensor(got["every"]) - every).abs().max() < 1e-5
+    assert (torch.tensor(got["one"]) - one).abs().max() < 1e-5

@@ -29,7 +29,7 @@ from transformers import EarlyStoppingCallback, HfArgumentParser, Trainer, Train
 from transformers.trainer_utils import get_last_checkpoint
 
 from dataset_scripts.collator import LoopLabelCollator
-from dataset_scripts.hop_chains import generate_examples, make_example
+from dataset_scripts.hop_chains import LANES, generate_examples, make_arith_example, make_example
 from dataset_scripts.tokenizer import build_tokenizer
 from model_cards.generate import write_model_card
 from recursive_latent import RecursiveLatentConfig, RecursiveLatentForCausalLM
@@ -73,10 +73,20 @@ class ModelArguments:
     loop_rotary: bool = field(default=False, metadata={"help": "Rotate the latent by the loop index."})
     max_loops: int = field(default=8, metadata={"help": "Most loops a training example may need (hops + 1)."})
     max_inference_loops: int = field(default=72, metadata={"help": "Loop limit of `reason()`."})
+    init_from: str | None = field(
+        default=None, metadata={"help": "Start from this trained checkpoint (its architecture replaces the above)."}
+    )
+    lane_r: int = field(default=4, metadata={"help": "LoRA rank of a lane adapter (`--lane` other than the base)."})
+    lane_alpha: int = field(default=8, metadata={"help": "LoRA alpha of a lane adapter."})
 
 
 @dataclass
 class DataArguments:
+    lane: str = field(
+        default="pointer",
+        metadata={"help": "Task lane (`pointer`, `arith`). A lane other than the --init_from model's base lane trains "
+                          "its own LoRA adapter on the core while every shared weight stays frozen."},
+    )
     variant: str = field(default="shuffled", metadata={"help": "`shuffled` (distractors) or `chain` (seed format)."})
     min_hops: int = field(default=1, metadata={"help": "Fewest hops in training."})
     max_hops: int = field(default=5, metadata={"help": "Most hops in training (the curriculum ends here)."})
@@ -145,6 +155,8 @@ def parse_arguments(argv=None):
 
 def distractor_kwargs(data_args):
     """The `shuffled` variant's distractor settings, as `make_example` / `generate_examples` take them."""
+    if data_args.lane == "arith":
+        return {}
     return dict(
         num_distractors=(data_args.min_distractors, data_args.max_distractors),
         distractor_hops=(data_args.min_distractor_hops, data_args.max_distractor_hops),
@@ -165,6 +177,8 @@ class HopChainStream(torch.utils.data.Dataset):
         args = self.data_args
         rng = random.Random(self.seed * 1_000_003 + index)
         hops = self.fixed_hops or rng.randint(args.min_hops, self.max_hops)
+        if args.lane == "arith":
+            return make_arith_example(rng, hops)
         return make_example(rng, hops, variant=args.variant, **distractor_kwargs(args))
 
 
@@ -184,9 +198,8 @@ def validation_examples(data_args):
     the benchmarks use other seeds again."""
     examples = []
     for hops in data_args.eval_hops:
-        examples += generate_examples(
-            data_args.eval_size, hops, variant=data_args.variant, seed=10_000 + hops, **distractor_kwargs(data_args)
-        )
+        examples += generate_examples(data_args.eval_size, hops, variant=data_args.variant, seed=10_000 + hops,
+                                      lane=data_args.lane, **distractor_kwargs(data_args))
     return examples
 
 
@@ -324,7 +337,7 @@ class RLFTrainer(Trainer):
                                      self.recursion_args.position_offsets)
         outputs = model(
             input_ids=inputs["input_ids"], attention_mask=mask, loop_labels=inputs["loop_labels"],
-            position_ids=positions, grad_loops=self.recursion_args.grad_loops,
+            position_ids=positions, grad_loops=self.recursion_args.grad_loops, lanes=inputs.get("lanes"),
         )
         if not torch.isfinite(outputs.loss):
             raise RuntimeError(
@@ -398,6 +411,23 @@ def build_model(model_args, tokenizer):
     return RecursiveLatentForCausalLM(RecursiveLatentConfig(backbone_config=backbone, **core_kwargs))
 
 
+def load_trained(path):
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise SystemExit(f"error: --init_from {path} is not a checkpoint directory")
+    return RecursiveLatentForCausalLM.from_pretrained(path)
+
+
+def add_lane_adapter(model, lane, model_args):
+    """Freeze every shared weight and add the lane's LoRA adapter on the core: only the adapter trains."""
+    if model_args.init_from is None:
+        raise SystemExit(f"error: --lane {lane} trains an adapter on a trained shared model: give --init_from CHECKPOINT")
+    model.requires_grad_(False)
+    try:
+        model.add_lane(lane, r=model_args.lane_r, lora_alpha=model_args.lane_alpha)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
 def add_lora(model, model_args):
     """PEFT LoRA adapters on the frozen backbone's attention/mixer and MLP projections."""
     from peft import LoraConfig, inject_adapter_in_model
@@ -408,17 +438,19 @@ def add_lora(model, model_args):
 
 
 def merged_state_dict(model):
-    """The weights to save: LoRA adapters (if any) merged into the backbone, so every checkpoint is a plain one."""
-    if not any("lora_" in name for name, _ in model.named_parameters()):
+    """The weights to save: backbone LoRA adapters (if any) merged in, so every checkpoint is a plain one. (Lane
+    adapters on the core are not merged: `save_pretrained` writes them as PEFT folders.)"""
+    if not any("lora_" in name for name, _ in model.model.backbone.named_parameters()):
         return None
     from peft.tuners.lora import LoraLayer
 
     merged = copy.deepcopy(model)
-    for name, module in list(merged.named_modules()):
+    backbone = merged.model.backbone
+    for name, module in list(backbone.named_modules()):
         if isinstance(module, LoraLayer):
             module.merge()
             parent_name, _, child = name.rpartition(".")
-            setattr(merged.get_submodule(parent_name), child, module.get_base_layer())
+            setattr(backbone.get_submodule(parent_name), child, module.get_base_layer())
     return merged.state_dict()
 
 
@@ -442,6 +474,8 @@ def check_output_dir(training_args):
 def main(argv=None):
     model_args, data_args, recursion_args, training_args, config_path = parse_arguments(argv)
     check_output_dir(training_args)
+    if data_args.lane not in LANES:
+        raise SystemExit(f"error: --lane must be one of {', '.join(LANES)} (got {data_args.lane!r})")
     if recursion_args.ema_decay is not None and not 0 < recursion_args.ema_decay < 1:
         raise SystemExit(f"error: --ema_decay must be between 0 and 1 (got {recursion_args.ema_decay})")
     resume = training_args.resume_from_checkpoint
@@ -454,6 +488,8 @@ def main(argv=None):
         raise SystemExit(f"error: --resume_from_checkpoint {resume} is not a checkpoint directory")
     if resume and model_args.backbone_mode == "lora":
         raise SystemExit("error: resuming a `lora` run is not supported (checkpoints hold merged weights)")
+    if resume and model_args.init_from and data_args.lane != "pointer":
+        raise SystemExit("error: resuming a lane run is not supported; restart it from --init_from")
     # The final checkpoint is pushed once, with its card; the Trainer's own push would sync every checkpoint.
     push_to = training_args.hub_model_id if training_args.push_to_hub else None
     if training_args.push_to_hub and push_to is None:
@@ -466,11 +502,14 @@ def main(argv=None):
     training_args.remove_unused_columns = False
     torch.manual_seed(training_args.seed)
     tokenizer = build_tokenizer()
-    model = build_model(model_args, tokenizer)
+    model = build_model(model_args, tokenizer) if model_args.init_from is None else load_trained(model_args.init_from)
+    if data_args.lane != model.config.base_lane:
+        add_lane_adapter(model, data_args.lane, model_args)
     train_size = training_args.max_steps * training_args.per_device_train_batch_size * training_args.world_size
 
     # Stage 1: a backbone built from config knows nothing; train it as an LM before freezing it.
-    needs_pretraining = model_args.backbone_name_or_path is None and model_args.backbone_mode != "full"
+    needs_pretraining = (model_args.backbone_name_or_path is None and model_args.init_from is None
+                         and model_args.backbone_mode != "full")
     if needs_pretraining and not resume and recursion_args.pretrain_steps > 0:
         core = [p for n, p in model.named_parameters() if p.requires_grad]
         model.model.backbone.requires_grad_(True)
@@ -510,7 +549,9 @@ def main(argv=None):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     if training_args.process_index == 0:
-        print(f"[model] {total:,} parameters, {trainable:,} trainable ({model_args.backbone_mode} backbone)")
+        what = f"lane `{data_args.lane}` adapter" if data_args.lane != model.config.base_lane else \
+            f"{model.config.backbone_mode} backbone"
+        print(f"[model] {total:,} parameters, {trainable:,} trainable ({what})")
         os.makedirs(training_args.output_dir, exist_ok=True)
         run_config = {"model": asdict(model_args), "data": asdict(data_args), "recursion": asdict(recursion_args),
                       "config_file": config_path, "seed": training_args.seed}

@@ -1,0 +1,111 @@
+"""Lanes: per-task PEFT LoRA adapters on the shared core, routed per example, saved as standard PEFT folders."""
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from recursive_latent import RecursiveLatentForCausalLM
+from tests.conftest import make_config
+from tests.test_trainer import run_trainer
+
+
+def model_with_lanes(*lanes, seed=0, **config_kwargs):
+    torch.manual_seed(seed)
+    model = RecursiveLatentForCausalLM(make_config(**config_kwargs)).eval()
+    for lane in lanes:
+        for p in model.add_lane(lane):
+            torch.nn.init.normal_(p, std=0.5)  # LoRA B starts at zero: make every adapter change the outputs
+    return model
+
+
+def test_a_mixed_lane_batch_gives_the_answers_of_each_lane_run_alone(batch):
+    input_ids, attention_mask, _ = batch
+    model = model_with_lanes("arith", "other")
+    lanes = ["arith", "pointer", "other"]
+    with torch.no_grad():
+        mixed = model(input_ids, attention_mask, num_loops=4, lanes=lanes).loop_logits
+        alone = torch.cat([model(input_ids[i : i + 1], attention_mask[i : i + 1], num_loops=4, lanes=lane).loop_logits
+                           for i, lane in enumerate(lanes)])
+        base = model(input_ids, attention_mask, num_loops=4).loop_logits
+        reasoned = model.reason(input_ids, attention_mask, lanes=lanes)
+        reasoned_alone = [model.reason(input_ids[i : i + 1], attention_mask[i : i + 1], lanes=lane)
+                          for i, lane in enumerate(lanes)]
+    assert (mixed - alone).abs().max() < 1e-5
+    # The adapters really act: the arith row differs from the base, the pointer row is the base.
+    assert (mixed[0] - base[0]).abs().max() > 1e-2 and (mixed[1] - base[1]).abs().max() < 1e-6
+    assert reasoned.answer_ids.tolist() == [r.answer_ids.item() for r in reasoned_alone]
+    assert reasoned.loops.tolist() == [r.loops.item() for r in reasoned_alone]
+
+
+@pytest.mark.parametrize("block", ["transformer", "mamba2"])
+def test_lanes_save_as_peft_folders_and_load_with_the_base_in_one_call(tmp_path, batch, block):
+    input_ids, attention_mask, _ = batch
+    model = model_with_lanes("arith", core_block=block)
+    model.save_pretrained(tmp_path)
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (tmp_path / "adapters" / "arith").iterdir()}
+    loaded = RecursiveLatentForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.lanes == ["pointer", "arith"]
+    with torch.no_grad():
+        for lanes in (None, "arith"):
+            want = model(input_ids, attention_mask, num_loops=3, lanes=lanes).loop_logits
+            got = loaded(input_ids, attention_mask, num_loops=3, lanes=lanes).loop_logits
+            assert (want - got).abs().max() < 1e-6
+    # The folder is a standard PEFT adapter: PeftModel loads it onto the plain shared model.
+    peft_model = PeftModel.from_pretrained(RecursiveLatentForCausalLM.from_pretrained(tmp_path, lane_adapters=[]),
+                                           tmp_path / "adapters" / "arith", adapter_name="arith").eval()
+    with torch.no_grad():
+        via_peft = peft_model(input_ids=input_ids, attention_mask=attention_mask, num_loops=3).loop_logits
+        want = model(input_ids, attention_mask, num_loops=3, lanes="arith").loop_logits
+    assert (via_peft - want).abs().max() < 1e-5
+
+
+def test_shared_weights_are_saved_in_the_plain_layout(tmp_path):
+    model = model_with_lanes("arith")
+    model.save_pretrained(tmp_path)
+    plain = RecursiveLatentForCausalLM.from_pretrained(tmp_path, lane_adapters=[])
+    shared = {k.replace(".base_layer.", "."): v for k, v in model.state_dict().items() if ".lora_" not in k}
+    assert shared.keys() == plain.state_dict().keys()
+    assert all(torch.equal(shared[k], v) for k, v in plain.state_dict().items())
+
+
+def test_bad_lanes_fail_clearly(tmp_path, batch):
+    input_ids, attention_mask, _ = batch
+    model = model_with_lanes("arith")
+    with pytest.raises(ValueError, match=r"Unknown lane\(s\) \['poem'\]: this model has lanes \['pointer', 'arith'\]"):
+        model.reason(input_ids, attention_mask, lanes=["poem", "arith", "pointer"])
+    with pytest.raises(ValueError, match="has 2 entries for a batch of 3"):
+        model(input_ids, attention_mask, lanes=["arith", "pointer"])
+    for name in ("arith", "pointer", "lo", "Bad-Name"):
+        with pytest.raises(ValueError, match="taken or invalid"):
+            model.add_lane(name)
+    model.save_lane("arith", tmp_path / "arith")
+    wider = RecursiveLatentForCausalLM(make_config(core_hidden_size=48))
+    with pytest.raises(ValueError, match="was saved for a different core"):
+        wider.load_lane("arith", tmp_path / "arith")
+    assert wider.lanes == ["pointer"]  # nothing was injected
+
+
+def test_trainer_trains_a_lane_adapter_and_leaves_the_shared_weights_bit_identical(tmp_path):
+    base = run_trainer(tmp_path, "--output_dir", str(tmp_path / "base"))
+    assert base.returncode == 0, base.stderr[-3000:]
+    lane = run_trainer(tmp_path, "--output_dir", str(tmp_path / "arith"), "--init_from", str(tmp_path / "base" / "final"),
+                       "--lane", "arith", "--lane_r", "2")
+    assert lane.returncode == 0, lane.stderr[-3000:]
+    final = tmp_path / "arith" / "final"
+    shared_before = load_file(tmp_path / "base" / "final" / "model.safetensors")
+    shared_after = load_file(final / "model.safetensors")
+    assert shared_before.keys() == shared_after.keys()
+    assert all(torch.equal(shared_before[k], shared_after[k]) for k in shared_before)
+    model = RecursiveLatentForCausalLM.from_pretrained(final)
+    lane_params = sum(p.numel() for p in model.lane_parameters("arith"))
+    assert f"{lane_params:,} trainable (lane `arith` adapter)" in lane.stdout
+    # The adapter trained: it is no longer the identity LoRA starts as (B = 0).
+    assert any(p.abs().max() > 0 for name, p in model.named_parameters() if ".lora_B.arith." in name)
+
+    again = run_trainer(tmp_path, "--output_dir", str(tmp_path / "again"), "--init_from", str(final), "--lane", "arith")
+    assert again.returncode != 0 and "taken or invalid" in again.stderr
+    no_base = run_trainer(tmp_path, "--output_dir", str(tmp_path / "x"), "--lane", "arith")
+    assert no_base.returncode != 0 and "give --init_from CHECKPOINT" in no_base.stderr
+    unknown = run_trainer(tmp_path, "--output_dir", str(tmp_path / "y"), "--lane", "poem")
+    assert unknown.returncode != 0 and "--lane must be one of pointer, arith" in unknown.stderr
