@@ -3,17 +3,24 @@
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .configuration_recursive import RecursiveLatentConfig
+from .configuration_refiner import RecursiveRefinerConfig
 from .modeling_recursive import RecursiveLatentForCausalLM, RecursiveLatentModel, RecursiveLatentPreTrainedModel
+from .modeling_refiner import RecursiveRefinerModel, ctr_refine
 
 __version__ = "0.1.0"
 
 AutoConfig.register(RecursiveLatentConfig.model_type, RecursiveLatentConfig)
 AutoModel.register(RecursiveLatentConfig, RecursiveLatentModel)
 AutoModelForCausalLM.register(RecursiveLatentConfig, RecursiveLatentForCausalLM)
+AutoConfig.register(RecursiveRefinerConfig.model_type, RecursiveRefinerConfig)
+AutoModel.register(RecursiveRefinerConfig, RecursiveRefinerModel)
 
 __all__ = [
     "RecursiveLatentConfig",
     "RecursiveLatentForCausalLM",
     "RecursiveLatentModel",
     "RecursiveLatentPreTrainedModel",
+    "RecursiveRefinerConfig",
+    "RecursiveRefinerModel",
+    "ctr_refine",
 ]
