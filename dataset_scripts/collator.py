@@ -20,13 +20,21 @@ class LoopLabelCollator:
     Args:
         tokenizer: the tokenizer from :func:`dataset_scripts.tokenizer.build_tokenizer`.
         max_loops: fixed number of loops; by default the longest ``loop_targets`` in the batch.
+        answer_only_loops: supervise only the answer, at this loop (fixed-depth training without halting);
+            every other loop is ``IGNORE_INDEX``.
     """
 
     tokenizer: PreTrainedTokenizerBase
     max_loops: int | None = None
+    answer_only_loops: int | None = None
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         batch = self.tokenizer([example["prompt"] for example in examples], padding=True, return_tensors="pt")
+        if self.answer_only_loops is not None:
+            answers = self.tokenizer.convert_tokens_to_ids([example["answer"] for example in examples])
+            loop_labels = torch.full((len(examples), self.answer_only_loops), IGNORE_INDEX, dtype=torch.long)
+            loop_labels[:, -1] = torch.tensor(answers, dtype=torch.long)
+            return self.finish(batch, loop_labels, examples)
 
         longest = max(len(example["loop_targets"]) for example in examples)
         num_loops = longest if self.max_loops is None else self.max_loops
@@ -39,7 +47,10 @@ class LoopLabelCollator:
             if self.tokenizer.unk_token_id in target_ids:
                 raise ValueError(f"loop_targets {example['loop_targets']} contain a token outside the vocabulary")
             loop_labels[row, : len(target_ids)] = torch.tensor(target_ids, dtype=torch.long)
+        return self.finish(batch, loop_labels, examples)
 
+    @staticmethod
+    def finish(batch, loop_labels, examples):
         return {
             **batch,
             "loop_labels": loop_labels,

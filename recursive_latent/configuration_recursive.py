@@ -8,7 +8,7 @@ CORE_DESIGNS = ("latent", "sequence")
 CORE_BLOCKS = ("transformer", "mamba2")
 MEMORY_KINDS = ("last", "all")
 BINDING_CONVS = ("none", "embeddings", "memory")
-HALTING_MODES = ("token",)
+HALTING_MODES = ("token", "fixed", "velocity")
 
 
 def _check_choice(name, value, allowed):
@@ -82,7 +82,14 @@ class RecursiveLatentConfig(PretrainedConfig):
         halt_token_id (`int`, *optional*, defaults to 2):
             Token id of `<HALT>`.
         halting (`str`, *optional*, defaults to `"token"`):
-            How a loop stops: `"token"` stops an example once its loop predicts `halt_token_id`.
+            How `reason()` stops an example: `"token"` once its loop predicts `halt_token_id` (trained with a
+            `<HALT>` target after the path); `"fixed"` after exactly `fixed_loops` loops (as Ouro/Huginn run; the
+            trainer then supervises only the answer at the last loop); `"velocity"` once the latent stops moving,
+            ||x_t - x_{t-1}|| / ||x_t|| < `halt_velocity`. Every mode applies at inference to any trained model.
+        fixed_loops (`int`, *optional*, defaults to 6):
+            Loops of the `"fixed"` mode.
+        halt_velocity (`float`, *optional*, defaults to 0.01):
+            Threshold of the `"velocity"` mode.
         tie_word_embeddings (`bool`, *optional*, defaults to `False`):
             Use the backbone's input embeddings as the output projection of the head. Off by default: a small
             backbone's embeddings (std 0.02) give logits too flat for the head to learn from (measured: the loop
@@ -129,6 +136,8 @@ class RecursiveLatentConfig(PretrainedConfig):
         max_inference_loops=72,
         halt_token_id=2,
         halting="token",
+        fixed_loops=6,
+        halt_velocity=0.01,
         tie_word_embeddings=False,
         initializer_range=None,
         base_lane="pointer",
@@ -156,6 +165,8 @@ class RecursiveLatentConfig(PretrainedConfig):
         self.max_inference_loops = max_inference_loops
         self.halt_token_id = halt_token_id
         self.halting = halting
+        self.fixed_loops = fixed_loops
+        self.halt_velocity = halt_velocity
         self.tie_word_embeddings = tie_word_embeddings
         self.initializer_range = initializer_range or self.core_hidden_size**-0.5
         self.base_lane = base_lane
@@ -207,7 +218,7 @@ class RecursiveLatentConfig(PretrainedConfig):
 
     def _validate_sizes(self):
         for name in ("core_hidden_size", "core_num_heads", "core_num_layers", "core_mlp_ratio",
-                     "binding_conv_kernel", "max_loops", "max_inference_loops"):
+                     "binding_conv_kernel", "max_loops", "max_inference_loops", "fixed_loops"):
             _check_positive(name, getattr(self, name))
         if self.core_block == "transformer" and self.core_hidden_size % self.core_num_heads:
             raise ValueError(

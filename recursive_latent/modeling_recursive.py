@@ -216,7 +216,8 @@ class RecursiveLatentReasonOutput(ModelOutput):
         loops (`torch.LongTensor` of shape `(batch_size,)`):
             Loops run for each example, counting the `<HALT>` loop.
         halted (`torch.BoolTensor` of shape `(batch_size,)`):
-            Whether the example predicted `<HALT>` within `max_loops`.
+            Whether the example's halting rule stopped it within `max_loops` (`token`: it predicted `<HALT>`;
+            `velocity`: its latent converged; `fixed`: always).
         trace_ids (`torch.LongTensor` of shape `(batch_size, max loops run)`):
             The token predicted at each loop; the pad id after an example stopped.
     """
@@ -653,11 +654,17 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
         )
 
     @torch.no_grad()
-    def reason(self, input_ids, attention_mask=None, max_loops=None, lanes=None):
-        """Loop until each example predicts `<HALT>` or hits `max_loops` (default `config.max_inference_loops`).
-        Examples that halted leave the batch, so a batch costs the sum of its examples' loops. `lanes` picks each
-        example's lane adapter, as in `forward`."""
-        max_loops = self.config.max_inference_loops if max_loops is None else max_loops
+    def reason(self, input_ids, attention_mask=None, max_loops=None, lanes=None, halting=None):
+        """Loop each example until its halting rule stops it or it hits `max_loops` (default
+        `config.max_inference_loops`). Examples that stopped leave the batch, so a batch costs the sum of its
+        examples' loops. `halting` overrides `config.halting` (`token`, `fixed`, `velocity`, see the config);
+        `lanes` picks each example's lane adapter, as in `forward`. The answer is the last prediction before the
+        first `<HALT>`."""
+        halting = halting or self.config.halting
+        if halting not in ("token", "fixed", "velocity"):
+            raise ValueError(f"`halting` must be 'token', 'fixed' or 'velocity' (got {halting!r}).")
+        if max_loops is None:
+            max_loops = self.config.fixed_loops if halting == "fixed" else self.config.max_inference_loops
         if max_loops < 1:
             raise ValueError(f"`max_loops` must be >= 1 (got {max_loops}).")
         adapter_names = self.adapter_names(lanes, input_ids.shape[0])
@@ -668,18 +675,30 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
         answer = torch.full((B,), pad_id, dtype=torch.long, device=device)
         loops = torch.zeros(B, dtype=torch.long, device=device)
         halted = torch.zeros(B, dtype=torch.bool, device=device)
+        seen_halt = torch.zeros(B, dtype=torch.bool, device=device)  # the answer is frozen once <HALT> appeared
         active = torch.arange(B, device=device)  # original row of each example still looping
+        previous = None
         for loop in range(max_loops):
             latent, out = self.model.loop_step(latent, context, loop)
             prediction = self.head(out).argmax(-1)  # (b,)
             trace[active, loop] = prediction
             loops[active] += 1
             is_halt = prediction == self.config.halt_token_id
-            answer[active[~is_halt]] = prediction[~is_halt]
-            halted[active[is_halt]] = True
-            if is_halt.any():
-                keep = (~is_halt).nonzero().squeeze(1)
-                active, latent, context = active[keep], latent[keep], context.select(keep)
+            fresh = ~is_halt & ~seen_halt[active]
+            answer[active[fresh]] = prediction[fresh]
+            seen_halt[active[is_halt]] = True
+            if halting == "token":
+                stop = is_halt
+            elif halting == "velocity":
+                speed = (out - previous).norm(dim=-1) / out.norm(dim=-1) if previous is not None else None
+                stop = speed < self.config.halt_velocity if speed is not None else torch.zeros_like(is_halt)
+            else:
+                stop = torch.full_like(is_halt, loop + 1 == max_loops)
+            halted[active[stop]] = True
+            previous = out
+            if stop.any():
+                keep = (~stop).nonzero().squeeze(1)
+                active, latent, context, previous = active[keep], latent[keep], context.select(keep), previous[keep]
                 if active.numel() == 0:
                     break
         return RecursiveLatentReasonOutput(

@@ -301,6 +301,15 @@ def test_collator_max_loops(tokenizer):
         LoopLabelCollator(tokenizer, max_loops=3)(examples)
 
 
+def test_collator_answer_only_supervises_the_last_loop(tokenizer):
+    examples = generate_examples(3, hops=[1, 4], seed=1) + generate_examples(1, hops=2, seed=1, lane="arith")
+    batch = LoopLabelCollator(tokenizer, answer_only_loops=6)(examples)
+    assert batch["loop_labels"].shape == (4, 6)
+    assert (batch["loop_labels"][:, :5] == IGNORE_INDEX).all()
+    assert batch["loop_labels"][:, 5].tolist() == tokenizer.convert_tokens_to_ids([e["answer"] for e in examples])
+    assert batch["lanes"] == ["pointer"] * 3 + ["arith"]
+
+
 # --- splits --------------------------------------------------------------------------------------
 
 SMALL = {"train_size": 3000, "val_size": 300, "test_size": 300, "ood_size": 50, "heldout_size": 300}

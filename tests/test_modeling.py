@@ -201,3 +201,35 @@ def test_automodel_is_the_base_model(tiny_config):
     from recursive_latent import RecursiveLatentModel
 
     assert isinstance(AutoModel.from_config(tiny_config), RecursiveLatentModel)
+
+
+def test_fixed_and_velocity_halting_match_the_loop_outputs(batch, monkeypatch):
+    input_ids, attention_mask, _ = batch
+    model = build(seed=3, fixed_loops=5)
+    with torch.no_grad():
+        model.get_output_embeddings().weight[2] *= 40  # some <HALT> predictions, so the answer rule is exercised
+        out = model(input_ids, attention_mask, num_loops=8)
+    predictions = out.loop_logits.argmax(-1)
+    answer_loop = model.answer_loop(predictions[:, :5])
+
+    fixed = model.reason(input_ids, attention_mask, halting="fixed")
+    assert fixed.loops.tolist() == [5, 5, 5] and fixed.halted.all()
+    expected_answer = predictions[torch.arange(3), answer_loop]
+    expected_answer[predictions[:, 0] == 2] = model.config.pad_token_id  # <HALT> at the first loop: no answer
+    assert fixed.answer_ids.tolist() == expected_answer.tolist()
+
+    latents = out.latents  # what the head reads after each loop
+    speed = (latents[:, 1:] - latents[:, :-1]).norm(dim=-1) / latents[:, 1:].norm(dim=-1)  # (B, 7): loops 2..8
+    threshold = speed[:, 2].median().item()  # stops some rows earlier than others
+    model.config.halt_velocity = threshold
+    rows_per_loop = []
+    step = model.model.loop_step
+    monkeypatch.setattr(model.model, "loop_step", lambda latent, context, loop: rows_per_loop.append(latent.shape[0]) or step(latent, context, loop))
+    velocity = model.reason(input_ids, attention_mask, max_loops=8, halting="velocity")
+    converged = speed < threshold
+    expected = torch.where(converged.any(1), converged.int().argmax(1) + 2, torch.full((3,), 8))
+    assert velocity.loops.tolist() == expected.tolist() and len(set(expected.tolist())) > 1
+    assert velocity.halted.tolist() == converged.any(1).tolist()
+    assert sum(rows_per_loop) == int(velocity.loops.sum())  # converged examples stop costing compute
+    with pytest.raises(ValueError, match="`halting` must be"):
+        model.reason(input_ids, attention_mask, halting="never")

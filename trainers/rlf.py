@@ -73,6 +73,12 @@ class ModelArguments:
     loop_rotary: bool = field(default=False, metadata={"help": "Rotate the latent by the loop index."})
     max_loops: int = field(default=8, metadata={"help": "Most loops a training example may need (hops + 1)."})
     max_inference_loops: int = field(default=72, metadata={"help": "Loop limit of `reason()`."})
+    halting: str = field(
+        default="token",
+        metadata={"help": "`token` (supervise the path, then <HALT>) or `fixed` (run `fixed_loops`, supervise only "
+                          "the answer at the last loop: the fixed-depth and, with 1 loop, the no-loop baseline)."},
+    )
+    fixed_loops: int = field(default=6, metadata={"help": "Loops of `--halting fixed`."})
     init_from: str | None = field(
         default=None, metadata={"help": "Start from this trained checkpoint (its architecture replaces the above)."}
     )
@@ -387,6 +393,7 @@ def build_model(model_args, tokenizer):
         latent_norm=model_args.latent_norm, lifeline=model_args.lifeline,
         loop_rotary=model_args.loop_rotary, max_loops=model_args.max_loops,
         max_inference_loops=model_args.max_inference_loops, halt_token_id=tokenizer.convert_tokens_to_ids("<HALT>"),
+        halting=model_args.halting, fixed_loops=model_args.fixed_loops,
     )
     if model_args.backbone_name_or_path:
         return RecursiveLatentForCausalLM.from_backbone(model_args.backbone_name_or_path, **core_kwargs)
@@ -474,6 +481,8 @@ def check_output_dir(training_args):
 def main(argv=None):
     model_args, data_args, recursion_args, training_args, config_path = parse_arguments(argv)
     check_output_dir(training_args)
+    if model_args.halting == "fixed" and not 1 <= model_args.fixed_loops <= model_args.max_loops:
+        raise SystemExit(f"error: --fixed_loops must be in 1..max_loops ({model_args.max_loops}), got {model_args.fixed_loops}")
     if data_args.lane not in LANES:
         raise SystemExit(f"error: --lane must be one of {', '.join(LANES)} (got {data_args.lane!r})")
     if recursion_args.ema_decay is not None and not 0 < recursion_args.ema_decay < 1:
@@ -557,10 +566,13 @@ def main(argv=None):
                       "config_file": config_path, "seed": training_args.seed}
         Path(training_args.output_dir, "training_config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
 
+    # Fixed-depth training (Ouro/Huginn): no path targets, no <HALT>, only the answer at the last loop.
+    fixed_loops = model.config.fixed_loops if model.config.halting == "fixed" else None
     trainer = RLFTrainer(
         model=model, args=training_args, train_dataset=train_data, eval_dataset=validation_examples(data_args),
         processing_class=tokenizer,
-        data_collator=LoopLabelCollator(tokenizer), callbacks=callbacks, recursion_args=recursion_args,
+        data_collator=LoopLabelCollator(tokenizer, answer_only_loops=fixed_loops), callbacks=callbacks,
+        recursion_args=recursion_args,
         data_args=data_args, curriculum=curriculum, ema=ema,
     )
     trainer.train(resume_from_checkpoint=resume)
