@@ -20,8 +20,9 @@ def wilson_interval(successes, total, z=1.96):
 
 
 @torch.no_grad()
-def reason_batches(model, tokenizer, examples, batch_size=256, max_loops=None, progress=False):
-    """Run `model.reason` over `examples` (dicts with `prompt`, optionally `lane`); yield (chunk, output) per batch."""
+def reason_batches(model, tokenizer, examples, batch_size=256, max_loops=None, progress=False, **reason_kwargs):
+    """Run `model.reason` over `examples` (dicts with `prompt`, optionally `lane`); yield (chunk, output) per batch.
+    `reason_kwargs` go to `reason` (e.g. `halting`)."""
     model.eval()
     chunks = range(0, len(examples), batch_size)
     for start in tqdm(chunks, desc="reason", disable=not progress):
@@ -31,11 +32,11 @@ def reason_batches(model, tokenizer, examples, batch_size=256, max_loops=None, p
         # Lanes are passed only when some example leaves the base lane, so checkpoints from before lanes still run.
         base_lane = getattr(model.config, "base_lane", "pointer")
         lanes = [example.get("lane", base_lane) for example in chunk]
-        kwargs = {"lanes": lanes} if set(lanes) != {base_lane} else {}
+        kwargs = {"lanes": lanes, **reason_kwargs} if set(lanes) != {base_lane} else reason_kwargs
         yield chunk, model.reason(inputs["input_ids"], inputs["attention_mask"], max_loops=max_loops, **kwargs)
 
 
-def evaluate_examples(model, tokenizer, examples, batch_size=256, max_loops=None, progress=False):
+def evaluate_examples(model, tokenizer, examples, batch_size=256, max_loops=None, progress=False, **reason_kwargs):
     """Per hop count: answer exact match, trace exact match (loops 1..h name exactly the path), halt exactly at
     loop h+1 (`halt_rate`), mean loops, each as counts and rates with 95% intervals; plus examples/s over the whole set.
 
@@ -44,7 +45,7 @@ def evaluate_examples(model, tokenizer, examples, batch_size=256, max_loops=None
     counts = defaultdict(lambda: defaultdict(int))
     predictions = []
     start = time.perf_counter()
-    for chunk, out in reason_batches(model, tokenizer, examples, batch_size, max_loops, progress):
+    for chunk, out in reason_batches(model, tokenizer, examples, batch_size, max_loops, progress, **reason_kwargs):
         answers = tokenizer.convert_ids_to_tokens(out.answer_ids.tolist())
         for row, example in enumerate(chunk):
             hops, loops = example["hops"], int(out.loops[row])

@@ -658,8 +658,9 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
         """Loop each example until its halting rule stops it or it hits `max_loops` (default
         `config.max_inference_loops`). Examples that stopped leave the batch, so a batch costs the sum of its
         examples' loops. `halting` overrides `config.halting` (`token`, `fixed`, `velocity`, see the config);
-        `lanes` picks each example's lane adapter, as in `forward`. The answer is the last prediction before the
-        first `<HALT>`."""
+        `lanes` picks each example's lane adapter, as in `forward`. The answer is the last prediction that is not
+        `<HALT>`: in `token` mode the loop before `<HALT>`, in the others the last loop run (or the last one before it
+        that did not predict `<HALT>`)."""
         halting = halting or self.config.halting
         if halting not in ("token", "fixed", "velocity"):
             raise ValueError(f"`halting` must be 'token', 'fixed' or 'velocity' (got {halting!r}).")
@@ -675,7 +676,6 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
         answer = torch.full((B,), pad_id, dtype=torch.long, device=device)
         loops = torch.zeros(B, dtype=torch.long, device=device)
         halted = torch.zeros(B, dtype=torch.bool, device=device)
-        seen_halt = torch.zeros(B, dtype=torch.bool, device=device)  # the answer is frozen once <HALT> appeared
         active = torch.arange(B, device=device)  # original row of each example still looping
         previous = None
         for loop in range(max_loops):
@@ -684,9 +684,7 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
             trace[active, loop] = prediction
             loops[active] += 1
             is_halt = prediction == self.config.halt_token_id
-            fresh = ~is_halt & ~seen_halt[active]
-            answer[active[fresh]] = prediction[fresh]
-            seen_halt[active[is_halt]] = True
+            answer[active[~is_halt]] = prediction[~is_halt]
             if halting == "token":
                 stop = is_halt
             elif halting == "velocity":

@@ -210,13 +210,14 @@ def test_fixed_and_velocity_halting_match_the_loop_outputs(batch, monkeypatch):
         model.get_output_embeddings().weight[2] *= 40  # some <HALT> predictions, so the answer rule is exercised
         out = model(input_ids, attention_mask, num_loops=8)
     predictions = out.loop_logits.argmax(-1)
-    answer_loop = model.answer_loop(predictions[:, :5])
+
+    def last_answer(loops):  # the last prediction among the first `loops` that is not <HALT>, else the pad id
+        answers = [[t for t in row[:n] if t != 2] for row, n in zip(predictions.tolist(), loops)]
+        return [a[-1] if a else model.config.pad_token_id for a in answers]
 
     fixed = model.reason(input_ids, attention_mask, halting="fixed")
     assert fixed.loops.tolist() == [5, 5, 5] and fixed.halted.all()
-    expected_answer = predictions[torch.arange(3), answer_loop]
-    expected_answer[predictions[:, 0] == 2] = model.config.pad_token_id  # <HALT> at the first loop: no answer
-    assert fixed.answer_ids.tolist() == expected_answer.tolist()
+    assert fixed.answer_ids.tolist() == last_answer([5, 5, 5])
 
     latents = out.latents  # what the head reads after each loop
     speed = (latents[:, 1:] - latents[:, :-1]).norm(dim=-1) / latents[:, 1:].norm(dim=-1)  # (B, 7): loops 2..8
@@ -230,6 +231,7 @@ def test_fixed_and_velocity_halting_match_the_loop_outputs(batch, monkeypatch):
     expected = torch.where(converged.any(1), converged.int().argmax(1) + 2, torch.full((3,), 8))
     assert velocity.loops.tolist() == expected.tolist() and len(set(expected.tolist())) > 1
     assert velocity.halted.tolist() == converged.any(1).tolist()
+    assert velocity.answer_ids.tolist() == last_answer(expected.tolist())
     assert sum(rows_per_loop) == int(velocity.loops.sum())  # converged examples stop costing compute
     with pytest.raises(ValueError, match="`halting` must be"):
         model.reason(input_ids, attention_mask, halting="never")
