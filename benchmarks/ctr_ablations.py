@@ -26,6 +26,7 @@ ROWS = {
     "lane_adapters": ["--ctr.adapters", "lora-rank=4"],
     "full_grad": ["--grad", "all"],
     "no_ema": ["--ema_decay", "0"],
+    "no_latent_norm": ["--latent_norm", "false"],
 }
 
 

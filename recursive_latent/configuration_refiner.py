@@ -26,6 +26,8 @@ class RecursiveRefinerConfig(PretrainedConfig):
             Feed `q` to the latent update (ablation switch).
         use_centroid (`bool`, *optional*, defaults to `True`):
             Feed `r̄` to the latent update (ablation switch).
+        latent_norm (`bool`, *optional*, defaults to `True`):
+            LayerNorm z after each residual update (the paper's "residual + norm").
         max_steps (`int`, *optional*, defaults to 32):
             `S_max`: most refinement steps at inference (`--ctr.steps`).
         train_steps (`int`, *optional*, defaults to 16):
@@ -51,6 +53,7 @@ class RecursiveRefinerConfig(PretrainedConfig):
         pool="mean",
         use_query=True,
         use_centroid=True,
+        latent_norm=True,
         max_steps=32,
         train_steps=16,
         halt_threshold=0.88,
@@ -68,6 +71,7 @@ class RecursiveRefinerConfig(PretrainedConfig):
         self.pool = pool
         self.use_query = use_query
         self.use_centroid = use_centroid
+        self.latent_norm = latent_norm
         self.max_steps = max_steps
         self.train_steps = train_steps
         self.halt_threshold = halt_threshold

@@ -1,7 +1,7 @@
 """RecursiveRefiner (CTR): a tiny 2-layer MLP looped over a latent z and an answer vector y, with a halting head.
 
 Per step s (the CTR-SGPS white paper, section 4):
-    z_s = z_{s-1} + f_lat([y_{s-1}, z_{s-1}, q, r̄, t])      latent update
+    z_s = norm(z_{s-1} + f_lat([y_{s-1}, z_{s-1}, q, r̄, t]))  latent update ("residual + norm")
     y_s = normalize(y_{s-1} + f_ans([y_{s-1}, z_s]))         answer update, kept on the unit sphere
     p_s = sigmoid(w · [z_s, y_s, q, t] + b)                   halting probability
 starting from z_0 = 0 and y_0 = pool(Y). Inference stops an example once p_s >= tau or at S_max.
@@ -68,6 +68,8 @@ class RecursiveRefinerModel(LaneAdaptersMixin, RecursiveRefinerPreTrainedModel, 
         self.pool_query = nn.Linear(d, d, bias=False) if config.pool == "attn" else None
         lat_in = d + h + config.lane_dim + d * config.use_query + d * config.use_centroid
         self.f_lat = nn.Sequential(nn.LayerNorm(lat_in), nn.Linear(lat_in, h), nn.GELU(), nn.Linear(h, h))
+        # The paper's "residual + norm": without it z's norm grows every step and the answer drifts past the peak.
+        self.z_norm = nn.LayerNorm(h) if config.latent_norm else None
         self.f_ans = nn.Sequential(nn.LayerNorm(d + h), nn.Linear(d + h, d), nn.GELU(), nn.Linear(d, d))
         self.halt = nn.Linear(h + 2 * d + config.lane_dim, 1)
         self.post_init()
@@ -123,6 +125,8 @@ class RecursiveRefinerModel(LaneAdaptersMixin, RecursiveRefinerPreTrainedModel, 
         if self.config.use_centroid:
             inputs.append(centroid)
         z = z + self.f_lat(torch.cat(inputs, dim=-1))
+        if self.z_norm is not None:
+            z = self.z_norm(z)
         y = F.normalize(y + self.f_ans(torch.cat([y, z], dim=-1)), dim=-1)
         p_halt = torch.sigmoid(self.halt(torch.cat([z, y, query, lane], dim=-1))).squeeze(-1)
         return z, y, p_halt

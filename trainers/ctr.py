@@ -45,6 +45,7 @@ class RefinerArguments:
     lane: str | None = field(default=None, metadata={"help": "Train on one lane only.", "aliases": ["--ctr.lane"]})
     use_query: bool = field(default=True, metadata={"help": "Feed q to the latent update."})
     use_centroid: bool = field(default=True, metadata={"help": "Feed r̄ to the latent update."})
+    latent_norm: bool = field(default=True, metadata={"help": "LayerNorm z after each update."})
     grad: str = field(default="last", metadata={"help": "`last`: S-1 no-grad steps then 1 with; `all`: full backprop."})
     ema_decay: float | None = field(default=0.999, metadata={"help": "EMA of the weights for eval and saving; 0 = off."})
     train_size: int = field(default=50_000, metadata={"help": "Training examples (fresh, seed = --seed)."})
@@ -126,7 +127,7 @@ def main(argv=None):
 
     config = RecursiveRefinerConfig(
         dim=args.dim, hidden_size=args.hidden_size, lane_names=list(LANES), pool=args.pool, use_query=args.use_query,
-        use_centroid=args.use_centroid, max_steps=args.steps, train_steps=args.train_steps, halt_threshold=args.tau,
+        use_centroid=args.use_centroid, latent_norm=args.latent_norm, max_steps=args.steps, train_steps=args.train_steps, halt_threshold=args.tau,
         ok_cosine=args.ok_cosine,
     )
     model = RecursiveRefinerModel(config)
