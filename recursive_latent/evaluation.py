@@ -3,6 +3,7 @@
 import math
 import time
 from collections import defaultdict
+from types import SimpleNamespace
 
 import torch
 from tqdm.auto import tqdm
@@ -20,6 +21,23 @@ def wilson_interval(successes, total, z=1.96):
 
 
 @torch.no_grad()
+def generate_reason(model, input_ids, attention_mask, halt_id, pad_id, max_loops=None):
+    """`reason()` for a plain causal LM that writes the path as tokens (the token-recurrence baseline): greedy
+    decoding until `<HALT>`, one generated token per loop, the answer the token before it."""
+    max_loops = max_loops or 72
+    generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_loops,
+                               do_sample=False, eos_token_id=halt_id, pad_token_id=pad_id)[:, input_ids.shape[1]:]
+    is_halt = generated == halt_id
+    halted = is_halt.any(1)
+    first_halt = torch.where(halted, is_halt.int().argmax(1), torch.full_like(halted, generated.shape[1], dtype=torch.long))
+    loops = torch.where(halted, first_halt + 1, first_halt)
+    rows = torch.arange(generated.shape[0])
+    answer = torch.where(first_halt > 0, generated[rows, (first_halt - 1).clamp(min=0)], torch.full_like(first_halt, pad_id))
+    trace = torch.where(torch.arange(generated.shape[1])[None] < loops[:, None], generated, pad_id)
+    return SimpleNamespace(answer_ids=answer, loops=loops, halted=halted, trace_ids=trace)
+
+
+@torch.no_grad()
 def reason_batches(model, tokenizer, examples, batch_size=256, max_loops=None, progress=False, **reason_kwargs):
     """Run `model.reason` over `examples` (dicts with `prompt`, optionally `lane`); yield (chunk, output) per batch.
     `reason_kwargs` go to `reason` (e.g. `halting`)."""
@@ -33,6 +51,11 @@ def reason_batches(model, tokenizer, examples, batch_size=256, max_loops=None, p
         base_lane = getattr(model.config, "base_lane", "pointer")
         lanes = [example.get("lane", base_lane) for example in chunk]
         kwargs = {"lanes": lanes, **reason_kwargs} if set(lanes) != {base_lane} else reason_kwargs
+        if not hasattr(model, "reason"):  # a plain causal LM: the token-recurrence baseline
+            halt_id = tokenizer.convert_tokens_to_ids("<HALT>")
+            yield chunk, generate_reason(model, inputs["input_ids"], inputs["attention_mask"], halt_id,
+                                         tokenizer.pad_token_id, max_loops)
+            continue
         yield chunk, model.reason(inputs["input_ids"], inputs["attention_mask"], max_loops=max_loops, **kwargs)
 
 

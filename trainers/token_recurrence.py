@@ -1,0 +1,108 @@
+"""Token-recurrence (chain-of-thought) baseline: the backbone alone writes the path as tokens, then `<HALT>`.
+
+    python trainers/token_recurrence.py --config trainers/configs/default.yaml --output_dir outputs/baseline_cot
+
+Same config, data, curriculum and budget as trainers/rlf.py, but the model is a plain transformers GPT-2 language
+model of the backbone's size trained on `prompt path... <HALT>` (loss on the path and `<HALT>` only). At test time
+it decodes greedily: one generated token per hop, as the looped core predicts one node per loop. The checkpoint is a
+standard GPT-2 one; `benchmarks/ood_hops.py` evaluates it like any other model.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rlf import (  # noqa: E402  (trainers/ is a folder of scripts)
+    CurriculumCallback, HopChainStream, RLFTrainer, check_output_dir, parse_arguments, validation_examples,
+)
+
+from dataset_scripts.tokenizer import HALT_TOKEN, build_tokenizer  # noqa: E402
+
+
+def path_text_collator(tokenizer):
+    """`prompt path... <HALT>` with labels on the path and `<HALT>` only; positions count real tokens."""
+
+    def collate(examples):
+        prompts = tokenizer([e["prompt"] for e in examples])["input_ids"]
+        targets = [tokenizer.convert_tokens_to_ids(list(e["path"]) + [HALT_TOKEN]) for e in examples]
+        width = max(len(p) + len(t) for p, t in zip(prompts, targets))
+        input_ids = torch.full((len(examples), width), tokenizer.pad_token_id)
+        labels = torch.full((len(examples), width), -100)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for row, (prompt, target) in enumerate(zip(prompts, targets)):
+            ids = prompt + target
+            input_ids[row, width - len(ids):] = torch.tensor(ids)  # left padded, like the prompts at test time
+            labels[row, width - len(target) - 1 : width - 1] = torch.tensor(target)  # predicted one position earlier
+            mask[row, width - len(ids):] = 1
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+    return collate
+
+
+class TokenRecurrenceTrainer(RLFTrainer):
+    """Next-token loss on the path; the curriculum sees whole-path accuracy (teacher forced); eval decodes."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mask = inputs["attention_mask"]
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=mask,
+                        position_ids=(mask.cumsum(1) - 1).clamp(min=0))
+        logits, labels = outputs.logits, inputs["labels"]
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        if self.curriculum is not None:
+            right = (logits.argmax(-1) == labels) | (labels == -100)
+            self.curriculum.record(int(right.all(1).sum()), labels.shape[0])
+        return (loss, outputs) if return_outputs else loss
+
+    def _save(self, output_dir=None, state_dict=None):
+        Trainer._save(self, output_dir, state_dict)  # a plain GPT-2 checkpoint: no LoRA merge, no looped-model card
+
+
+def main(argv=None):
+    model_args, data_args, recursion_args, training_args, config_path = parse_arguments(argv)
+    check_output_dir(training_args)
+    if model_args.backbone_type != "gpt2":
+        raise SystemExit("error: the token-recurrence baseline is built for --backbone_type gpt2")
+    training_args.remove_unused_columns = False
+    torch.manual_seed(training_args.seed)
+    tokenizer = build_tokenizer()
+    halt_id = tokenizer.convert_tokens_to_ids(HALT_TOKEN)
+    width = model_args.backbone_hidden_size
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=model_args.backbone_max_positions, n_embd=width,
+        n_layer=model_args.backbone_num_layers, n_head=model_args.backbone_num_heads, resid_pdrop=0.0,
+        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=halt_id, pad_token_id=tokenizer.pad_token_id,
+        initializer_range=width**-0.5,  # fan-in init, as the looped model's backbone
+    )
+    model = GPT2LMHeadModel(config)
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = halt_id, tokenizer.pad_token_id
+    start_hops = recursion_args.curriculum_start_hops if recursion_args.curriculum else data_args.max_hops
+    train_size = training_args.max_steps * training_args.per_device_train_batch_size * training_args.world_size
+    train_data = HopChainStream(data_args, train_size, seed=training_args.seed, max_hops=min(start_hops, data_args.max_hops))
+    curriculum = CurriculumCallback(train_data, recursion_args, data_args.max_hops) if recursion_args.curriculum else None
+    print(f"[model] GPT-2 LM, {sum(p.numel() for p in model.parameters()):,} parameters, all trained")
+    trainer = TokenRecurrenceTrainer(
+        model=model, args=training_args, train_dataset=train_data, eval_dataset=validation_examples(data_args),
+        processing_class=tokenizer, data_collator=path_text_collator(tokenizer),
+        callbacks=[curriculum] if curriculum else [], recursion_args=recursion_args, data_args=data_args,
+        curriculum=curriculum,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    final = os.path.join(training_args.output_dir, "final")
+    if trainer.is_world_process_zero():
+        model.save_pretrained(final)
+        tokenizer.save_pretrained(final)
+        run_config = {"model": vars(model_args), "data": vars(data_args), "recursion": vars(recursion_args),
+                      "config_file": config_path, "seed": training_args.seed, "baseline": "token_recurrence"}
+        Path(final, "training_config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
+        print(f"[done] final checkpoint in {final}")
+
+
+if __name__ == "__main__":
+    main()
