@@ -78,16 +78,14 @@ def main():
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = {}
+    results = {"max_steps": args.max_steps, "seed": args.seed, "rows": {}}
+    json_path = out / "ctr_ablations.json"
     with tempfile.TemporaryDirectory() as workdir:
         for name in tqdm(args.rows, desc="ablation rows"):
-            rows[name] = train_row(name, ROWS[name], args, workdir)
-            r = rows[name]
+            r = results["rows"][name] = train_row(name, ROWS[name], args, workdir)
+            json_path.write_text(json.dumps(results, indent=2))  # after every row: a failed row loses only itself
             print(f"{name:>14}: cos {r['start_cosine']:.3f} -> step 1 {r['cosine_per_step'][0]:.3f} -> halted "
                   f"{r['halted_cosine']:.3f} in {r['mean_steps']:.2f} steps ({r['seconds']:.0f} s)")
-    results = {"max_steps": args.max_steps, "seed": args.seed, "rows": rows}
-    json_path = out / "ctr_ablations.json"
-    json_path.write_text(json.dumps(results, indent=2))
     print(f"wrote {json_path} and {plot(json_path, out / 'img' / 'ctr_ablations.png')}")
 
 

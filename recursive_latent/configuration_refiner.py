@@ -77,7 +77,7 @@ class RecursiveRefinerConfig(PretrainedConfig):
         self.halt_threshold = halt_threshold
         self.ok_cosine = ok_cosine
         self.halt_loss_weight = halt_loss_weight
-        self.base_lane = base_lane or self.lane_names[0]
+        self.base_lane = base_lane  # None: every lane may have an adapter; rows without one use the shared body
         self.lane_adapters = list(lane_adapters or [])
         self.initializer_range = initializer_range
         kwargs.setdefault("auto_map", {

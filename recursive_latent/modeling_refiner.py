@@ -104,7 +104,7 @@ class RecursiveRefinerModel(LaneAdaptersMixin, RecursiveRefinerPreTrainedModel, 
                 raise ValueError(f"`{name}` holds NaN or infinite values.")
 
     def lane_ids(self, lanes, batch_size, device):
-        lanes = [self.config.base_lane] * batch_size if lanes is None else lanes
+        lanes = [self.config.base_lane or self.config.lane_names[0]] * batch_size if lanes is None else lanes
         lanes = [lanes] * batch_size if isinstance(lanes, str) else list(lanes)
         self.row_adapters = self.adapter_names(lanes, batch_size)  # validates the names too
         return torch.tensor([self.config.lane_names.index(lane) for lane in lanes], device=device)

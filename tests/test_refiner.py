@@ -50,8 +50,9 @@ def test_forward_and_refine_shapes_and_per_example_halting(pool):
 
 def test_lane_adapters_route_per_example():
     model = tiny_refiner()
-    for p in model.add_lane("shift"):
-        torch.nn.init.normal_(p, std=0.5)
+    for lane in ("match", "shift"):  # an adapter for every lane: the shared body alone serves no lane
+        for p in model.add_lane(lane):
+            torch.nn.init.normal_(p, std=0.5)
     q, Y, rbar, _, _ = tiny_batch(4)
     lanes = ["shift", "match", "shift", "match"]
     with torch.no_grad():
