@@ -1,6 +1,7 @@
 """The benchmark scripts end to end on a tiny untrained checkpoint: they run, and write what they say they write."""
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -22,3 +23,31 @@ def test_depth_sweep_writes_one_row_per_hop_and_forced_loop_count(tmp_path):
     assert [(int(r["hops"]), int(r["loops"])) for r in rows] == [(1, 1), (1, 2), (1, 4), (3, 4)]
     assert all(0.0 <= float(r["answer_accuracy"]) <= 1.0 and float(r["answer_loss"]) > 0 for r in rows)
     assert (tmp_path / "out" / "depth_sweep.png").stat().st_size > 0
+
+
+def test_inference_ablations_and_report_render_the_measured_numbers(tmp_path):
+    save_checkpoint(tmp_path / "model")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for script, extra in (("ood_hops.py", ["--hops", "1", "2", "--n", "16", "--variant", "chain"]),
+                          ("inference_ablations.py", ["--hops", "1", "2", "--n", "16", "--velocities", "0.1",
+                                                      "--variant", "chain"])):
+        command = [sys.executable, str(ROOT / "benchmarks" / script), "--model", str(tmp_path / "model"), *extra,
+                   "--out", str(tmp_path / "out")]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    (docs / "ood_hops_default.json").write_text((tmp_path / "out" / "ood_hops.json").read_text())
+    (docs / "inference_ablations_default.json").write_text((tmp_path / "out" / "inference_ablations.json").read_text())
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), "--docs", str(docs)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tables = (docs / "results_tables.md").read_text()
+    ood = json.loads((docs / "ood_hops_default.json").read_text())
+    ablations = json.loads((docs / "inference_ablations_default.json").read_text())
+    assert set(ablations["ablations"]) == {"none", "gate_zeroed", "gate_noise_same_norm", "x_prompt_shuffled"}
+    assert set(ablations["halting"]) == {"token", "fixed_6", "velocity_0.1"}
+    row = ood["per_hop"]["2"]
+    low, high = row["answer_exact_match_ci95"]
+    assert f"| 2 | {100 * row['answer_exact_match']:.1f} [{100 * low:.1f}, {100 * high:.1f}]" in tables
+    gate = ablations["ablations"]["gate_zeroed"]["1"]["answer_exact_match"]
+    assert f"| gate_zeroed | {100 * gate:.1f} |" in tables
