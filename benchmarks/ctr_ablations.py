@@ -78,8 +78,12 @@ def main():
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {"max_steps": args.max_steps, "seed": args.seed, "rows": {}}
     json_path = out / "ctr_ablations.json"
+    results = {"max_steps": args.max_steps, "seed": args.seed, "rows": {}}
+    if json_path.is_file():  # re-running some rows keeps the others if they were made with the same budget and seed
+        previous = json.loads(json_path.read_text())
+        if (previous["max_steps"], previous["seed"]) == (args.max_steps, args.seed):
+            results = previous
     with tempfile.TemporaryDirectory() as workdir:
         for name in tqdm(args.rows, desc="ablation rows"):
             r = results["rows"][name] = train_row(name, ROWS[name], args, workdir)

@@ -295,8 +295,8 @@ class LaneAdaptersMixin:
         return [lane if lane in self.config.lane_adapters else NO_ADAPTER for lane in lanes]
 
     def add_lane(self, lane, r=4, lora_alpha=8):
-        """Add an untrained LoRA adapter for `lane` on the looped layers (`lane_targets`) and return its parameters;
-        the trainer freezes everything else, so the shared weights stay bit-identical."""
+        """Add an untrained LoRA adapter for `lane` on the looped layers (`lane_targets`) and return its parameters.
+        PEFT leaves only adapter parameters trainable, so the shared weights stay bit-identical unless re-enabled."""
         from peft import LoraConfig
 
         taken = [self.config.base_lane, *self.config.lane_adapters]

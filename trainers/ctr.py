@@ -134,6 +134,7 @@ def main(argv=None):
     if rank:
         for lane in lanes:
             model.add_lane(lane, r=rank, lora_alpha=2 * rank)
+        model.requires_grad_(True)  # PEFT freezes the body when it injects; here body and lane adapters train together
     train = build_dataset(args.train_size, training_args.seed, dim=args.dim, lanes=lanes)
     validation = build_dataset(args.eval_size, training_args.seed + 1_000_000, dim=args.dim, lanes=lanes)
     ema = WeightEMA(model, args.ema_decay) if args.ema_decay else None
