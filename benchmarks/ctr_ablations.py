@@ -35,7 +35,7 @@ def train_row(name, extra, args, workdir):
     command = [sys.executable, str(ROOT / "trainers" / "ctr.py"), "--output_dir", str(out), "--max_steps",
                str(args.max_steps), "--per_device_train_batch_size", "256", "--learning_rate", "3e-3",
                "--save_strategy", "no", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
-               "--seed", str(args.seed), *extra]
+               "--seed", str(args.seed), "--train_steps", str(args.train_steps), *extra]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
@@ -44,6 +44,15 @@ def train_row(name, extra, args, workdir):
     row = saved["test"]
     row.update(args=extra, train_steps=saved["args"]["train_steps"], seconds=time.perf_counter() - start)
     return row
+
+
+def saved_results(json_path, settings):
+    """The rows saved so far with the same settings (budget, seed, depth); other settings start a new table."""
+    if json_path.is_file():
+        saved = json.loads(json_path.read_text())
+        if all(saved.get(key) == value for key, value in settings.items()):
+            return saved
+    return {**settings, "rows": {}}
 
 
 def plot(json_path, png_path):
@@ -74,20 +83,19 @@ def main():
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--max_steps", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train_steps", type=int, default=32, help="deepest training depth S of every row")
     parser.add_argument("--out", default="outputs/ctr_ablations")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "ctr_ablations.json"
-    results = {"max_steps": args.max_steps, "seed": args.seed, "rows": {}}
-    if json_path.is_file():  # re-running some rows keeps the others if they were made with the same budget and seed
-        previous = json.loads(json_path.read_text())
-        if (previous["max_steps"], previous["seed"]) == (args.max_steps, args.seed):
-            results = previous
+    settings = {"max_steps": args.max_steps, "seed": args.seed, "train_steps": args.train_steps}
     with tempfile.TemporaryDirectory() as workdir:
         for name in tqdm(args.rows, desc="ablation rows"):
-            r = results["rows"][name] = train_row(name, ROWS[name], args, workdir)
-            json_path.write_text(json.dumps(results, indent=2))  # after every row: a failed row loses only itself
+            r = train_row(name, ROWS[name], args, workdir)
+            results = saved_results(json_path, settings)  # re-read: rows may be run by several invocations at once
+            results["rows"][name] = r
+            json_path.write_text(json.dumps(results, indent=2))
             print(f"{name:>14}: cos {r['start_cosine']:.3f} -> step 1 {r['cosine_per_step'][0]:.3f} -> halted "
                   f"{r['halted_cosine']:.3f} in {r['mean_steps']:.2f} steps ({r['seconds']:.0f} s)")
     print(f"wrote {json_path} and {plot(json_path, out / 'img' / 'ctr_ablations.png')}")

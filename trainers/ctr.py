@@ -6,7 +6,7 @@
 Per batch (the white paper's schedule): a depth S is drawn in 1..train_steps, S-1 steps run without gradients and
 the last one with them (`--grad all` backpropagates through every step); the loss is 1 - cos(y_S, y*) plus 0.2 x
 the halting BCE against cos(y_S, y*) >= ok_cosine. Evaluation and the saved model use an EMA of the weights.
-Drawing S per batch supervises every depth, so the answer has to improve at each step, not only at step 16.
+Drawing S per batch supervises every depth up to S_max, so the answer has to improve (or hold) at each step.
 """
 
 import json
@@ -35,7 +35,9 @@ class RefinerArguments:
     dim: int = field(default=64, metadata={"help": "Vector width of q, Y, r̄ and the answer."})
     hidden_size: int = field(default=128, metadata={"help": "Latent width h.", "aliases": ["--ctr.h"]})
     steps: int = field(default=32, metadata={"help": "S_max at inference.", "aliases": ["--ctr.steps"]})
-    train_steps: int = field(default=16, metadata={"help": "Deepest S drawn in training."})
+    train_steps: int | None = field(
+        default=None, metadata={"help": "Deepest S drawn in training (default: --ctr.steps, every depth inference uses)."}
+    )
     tau: float = field(default=0.88, metadata={"help": "Halting threshold on p_halt.", "aliases": ["--ctr.tau"]})
     ok_cosine: float = field(default=0.9, metadata={"help": "Halting target: cos(y, y*) >= ok_cosine."})
     pool: str = field(default="mean", metadata={"help": "`mean` or `attn` pooling of y_0.", "aliases": ["--ctr.pool"]})
@@ -122,12 +124,14 @@ def main(argv=None):
     if args.lane and args.lane not in LANES:
         raise SystemExit(f"error: --ctr.lane must be one of {', '.join(LANES)} (got {args.lane!r})")
     rank = adapter_rank(args.adapters)
+    args.train_steps = args.train_steps or args.steps
     training_args.remove_unused_columns = False
     torch.manual_seed(training_args.seed)
 
     config = RecursiveRefinerConfig(
         dim=args.dim, hidden_size=args.hidden_size, lane_names=list(LANES), pool=args.pool, use_query=args.use_query,
-        use_centroid=args.use_centroid, latent_norm=args.latent_norm, max_steps=args.steps, train_steps=args.train_steps, halt_threshold=args.tau,
+        use_centroid=args.use_centroid, latent_norm=args.latent_norm, max_steps=args.steps,
+        train_steps=args.train_steps, halt_threshold=args.tau,
         ok_cosine=args.ok_cosine,
     )
     model = RecursiveRefinerModel(config)
