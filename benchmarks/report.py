@@ -113,7 +113,8 @@ def depth_sweep_table(path):
 
 def ctr_table(path):
     r = json.loads(path.read_text())
-    lines = ["### CTR refiner ablations (held-out cos(y, y*))", "",
+    depth = next(iter(r["rows"].values()))["train_steps"]
+    lines = [f"### CTR refiner ablations, trained to depth {depth} (held-out cos(y, y*))", "",
              f"`{path.name}`: {r['max_steps']} training steps per row, seed {r['seed']}.", "",
              "| row | arguments | pooled y_0 | step 1 | best step | step 16 | step 32 | with halting | mean steps | steps by difficulty quartile | s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -165,7 +166,8 @@ def main():
         if (docs / name).is_file():
             lines += ood_table(docs / name, label) + [""]
     renderers = {"inference_ablations_default.json": ablation_tables, "depth_sweep_default.csv": depth_sweep_table,
-                 "throughput_default.json": throughput_tables, "ctr_ablations.json": ctr_table}
+                 "throughput_default.json": throughput_tables, "ctr_ablations.json": ctr_table,
+                 "ctr_ablations_train16.json": ctr_table}
     for name, render in renderers.items():
         if (docs / name).is_file():
             lines += render(docs / name) + [""]
