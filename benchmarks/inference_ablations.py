@@ -26,20 +26,27 @@ SEED = 3_000_000  # fresh prompts: far from the training (small), validation (10
 
 
 @contextmanager
+def replaced_gate(model, new_gate):
+    """The lifeline gate set to `new_gate(trained gate)` for the block, then restored."""
+    gate = model.model.gate.detach().clone()
+    model.model.gate.data.copy_(new_gate(gate))
+    try:
+        yield
+    finally:
+        model.model.gate.data.copy_(gate)
+
+
 def gate_zeroed(model):
-    gate = model.model.gate.detach().clone()
-    model.model.gate.data.zero_()
-    yield
-    model.model.gate.data.copy_(gate)
+    return replaced_gate(model, torch.zeros_like)
 
 
-@contextmanager
 def gate_noise(model):
-    gate = model.model.gate.detach().clone()
-    noise = torch.randn(gate.shape, generator=torch.Generator().manual_seed(0))
-    model.model.gate.data.copy_(noise * gate.norm() / noise.norm())
-    yield
-    model.model.gate.data.copy_(gate)
+    """Gaussian noise (seed 0) scaled to the trained gate's norm."""
+    def noise_like(gate):
+        noise = torch.randn(gate.shape, generator=torch.Generator().manual_seed(0))
+        return noise * gate.norm() / noise.norm()
+
+    return replaced_gate(model, noise_like)
 
 
 @contextmanager

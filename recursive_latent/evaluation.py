@@ -42,20 +42,20 @@ def reason_batches(model, tokenizer, examples, batch_size=256, max_loops=None, p
     """Run `model.reason` over `examples` (dicts with `prompt`, optionally `lane`); yield (chunk, output) per batch.
     `reason_kwargs` go to `reason` (e.g. `halting`)."""
     model.eval()
+    base_lane = getattr(model.config, "base_lane", "pointer")
+    halt_id = tokenizer.convert_tokens_to_ids("<HALT>")
     chunks = range(0, len(examples), batch_size)
     for start in tqdm(chunks, desc="reason", disable=not progress):
         chunk = examples[start : start + batch_size]
         inputs = tokenizer([example["prompt"] for example in chunk], padding=True, return_tensors="pt")
         inputs = {key: value.to(model.device) for key, value in inputs.items()}
-        # Lanes are passed only when some example leaves the base lane, so checkpoints from before lanes still run.
-        base_lane = getattr(model.config, "base_lane", "pointer")
-        lanes = [example.get("lane", base_lane) for example in chunk]
-        kwargs = {"lanes": lanes, **reason_kwargs} if set(lanes) != {base_lane} else reason_kwargs
         if not hasattr(model, "reason"):  # a plain causal LM: the token-recurrence baseline
-            halt_id = tokenizer.convert_tokens_to_ids("<HALT>")
             yield chunk, generate_reason(model, inputs["input_ids"], inputs["attention_mask"], halt_id,
                                          tokenizer.pad_token_id, max_loops)
             continue
+        # Lanes are passed only when some example leaves the base lane, so checkpoints from before lanes still run.
+        lanes = [example.get("lane", base_lane) for example in chunk]
+        kwargs = {"lanes": lanes, **reason_kwargs} if set(lanes) != {base_lane} else reason_kwargs
         yield chunk, model.reason(inputs["input_ids"], inputs["attention_mask"], max_loops=max_loops, **kwargs)
 
 

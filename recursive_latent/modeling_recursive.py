@@ -14,7 +14,7 @@ from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.models.mamba2.modeling_mamba2 import Mamba2Block, Mamba2Mixer
 from transformers.utils import ModelOutput, cached_file, logging
 
-from .configuration_recursive import RecursiveLatentConfig
+from .configuration_recursive import HALTING_MODES, RecursiveLatentConfig
 
 logger = logging.get_logger(__name__)
 
@@ -347,9 +347,10 @@ class LaneAdaptersMixin:
 
     def _check_lane_shapes(self, lane, state):
         """Refuse an adapter saved for another core before touching the model: LoRA A is (r, in), B is (out, r)."""
+        modules = dict(self.named_modules())
         for key, value in state.items():
             module_name, kind = key.rsplit(".lora_", 1)
-            module = dict(self.named_modules()).get(module_name)
+            module = modules.get(module_name)
             module = getattr(module, "base_layer", module)
             expected = None
             if isinstance(module, nn.Linear):
@@ -662,8 +663,8 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
         `<HALT>`: in `token` mode the loop before `<HALT>`, in the others the last loop run (or the last one before it
         that did not predict `<HALT>`)."""
         halting = halting or self.config.halting
-        if halting not in ("token", "fixed", "velocity"):
-            raise ValueError(f"`halting` must be 'token', 'fixed' or 'velocity' (got {halting!r}).")
+        if halting not in HALTING_MODES:
+            raise ValueError(f"`halting` must be one of {', '.join(map(repr, HALTING_MODES))} (got {halting!r}).")
         if max_loops is None:
             max_loops = self.config.fixed_loops if halting == "fixed" else self.config.max_inference_loops
         if max_loops < 1:
@@ -687,11 +688,12 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
             answer[active[~is_halt]] = prediction[~is_halt]
             if halting == "token":
                 stop = is_halt
-            elif halting == "velocity":
-                speed = (out - previous).norm(dim=-1) / out.norm(dim=-1) if previous is not None else None
-                stop = speed < self.config.halt_velocity if speed is not None else torch.zeros_like(is_halt)
-            else:
+            elif halting == "fixed":
                 stop = torch.full_like(is_halt, loop + 1 == max_loops)
+            elif previous is None:  # velocity: the first loop has nothing to compare with
+                stop = torch.zeros_like(is_halt)
+            else:
+                stop = (out - previous).norm(dim=-1) / out.norm(dim=-1) < self.config.halt_velocity
             halted[active[stop]] = True
             previous = out
             if stop.any():

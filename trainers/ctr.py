@@ -73,13 +73,14 @@ def evaluate_refiner(model, data, max_steps=None, threshold=None):
     """Held-out figures: mean cos(y_s, y*) after every step s of a fixed-depth run, and with halting: mean cos at the
     stop, mean steps, and mean steps per difficulty quartile."""
     model.eval()
-    batch = collate([data[i] for i in range(len(data))])
+    rows = [data[i] for i in range(len(data))]  # read the dataset once
+    batch = collate(rows)
     steps = max_steps or model.config.max_steps
     fixed = model(batch["query"], batch["candidates"], batch["centroid"], batch["lanes"], steps=steps)
     cosine_per_step = F.cosine_similarity(fixed.answers, batch["target"][:, None], dim=-1).mean(0)
     out = model.refine(batch["query"], batch["candidates"], batch["centroid"], batch["lanes"], steps, threshold)
     halted_cosine = F.cosine_similarity(out.answer, batch["target"], dim=-1)
-    difficulty = torch.stack([data[i]["difficulty"] for i in range(len(data))])
+    difficulty = torch.stack([row["difficulty"] for row in rows])
     quartiles = torch.quantile(difficulty, torch.tensor([0.25, 0.5, 0.75]))
     bucket = torch.bucketize(difficulty, quartiles)
     return {
