@@ -114,6 +114,8 @@ def main():
         ablation_rows = {"none": (None, {})}
     halting_rows = {"token": (None, {"halting": "token"}),
                     f"fixed_{args.fixed_loops}": (None, {"halting": "fixed", "max_loops": args.fixed_loops})}
+    if getattr(model.config, "halt_head", False):
+        halting_rows["head"] = (None, {"halting": "head"})
     for velocity in args.velocities:
         halting_rows[f"velocity_{velocity}"] = (velocity_threshold(velocity), {"halting": "velocity"})
     results = {

@@ -8,7 +8,7 @@ CORE_DESIGNS = ("latent", "sequence")
 CORE_BLOCKS = ("transformer", "mamba2")
 MEMORY_KINDS = ("last", "all")
 BINDING_CONVS = ("none", "embeddings", "memory")
-HALTING_MODES = ("token", "fixed", "velocity")
+HALTING_MODES = ("token", "head", "fixed", "velocity")
 
 
 def _check_choice(name, value, allowed):
@@ -83,13 +83,20 @@ class RecursiveLatentConfig(PretrainedConfig):
             Token id of `<HALT>`.
         halting (`str`, *optional*, defaults to `"token"`):
             How `reason()` stops an example: `"token"` once its loop predicts `halt_token_id` (trained with a
-            `<HALT>` target after the path); `"fixed"` after exactly `fixed_loops` loops (as Ouro/Huginn run; the
+            `<HALT>` target after the path); `"head"` once the halting head's p_halt >= `halt_threshold` (needs
+            `halt_head`); `"fixed"` after exactly `fixed_loops` loops (as Ouro/Huginn run; the
             trainer then supervises only the answer at the last loop); `"velocity"` once the latent stops moving,
-            ||x_t - x_{t-1}|| / ||x_t|| < `halt_velocity`. Every mode applies at inference to any trained model.
+            ||x_t - x_{t-1}|| / ||x_t|| < `halt_velocity`. Every mode but `"head"` applies at inference to any
+            trained model.
         fixed_loops (`int`, *optional*, defaults to 6):
             Loops of the `"fixed"` mode.
         halt_velocity (`float`, *optional*, defaults to 0.01):
             Threshold of the `"velocity"` mode.
+        halt_head (`bool`, *optional*, defaults to `False`):
+            Add a halting head (as in TRM and the CTR paper): a linear map of the loop's output to p_halt, trained
+            with binary cross-entropy against "this loop's answer (best token other than `<HALT>`) is already right".
+        halt_threshold (`float`, *optional*, defaults to 0.5):
+            p_halt at which the `"head"` mode stops.
         tie_word_embeddings (`bool`, *optional*, defaults to `False`):
             Use the backbone's input embeddings as the output projection of the head. Off by default: a small
             backbone's embeddings (std 0.02) give logits too flat for the head to learn from (measured: the loop
@@ -138,6 +145,8 @@ class RecursiveLatentConfig(PretrainedConfig):
         halting="token",
         fixed_loops=6,
         halt_velocity=0.01,
+        halt_head=False,
+        halt_threshold=0.5,
         tie_word_embeddings=False,
         initializer_range=None,
         base_lane="pointer",
@@ -167,6 +176,8 @@ class RecursiveLatentConfig(PretrainedConfig):
         self.halting = halting
         self.fixed_loops = fixed_loops
         self.halt_velocity = halt_velocity
+        self.halt_head = halt_head
+        self.halt_threshold = halt_threshold
         self.tie_word_embeddings = tie_word_embeddings
         self.initializer_range = initializer_range or self.core_hidden_size**-0.5
         self.base_lane = base_lane
@@ -212,7 +223,9 @@ class RecursiveLatentConfig(PretrainedConfig):
         _check_choice("memory", self.memory, MEMORY_KINDS)
         _check_choice("binding_conv", self.binding_conv, BINDING_CONVS)
         _check_choice("halting", self.halting, HALTING_MODES)
-        for name in ("latent_residual", "latent_norm", "lifeline", "loop_rotary", "tie_word_embeddings"):
+        if self.halting == "head" and not self.halt_head:
+            raise ValueError("`halting='head'` needs `halt_head=True` (a halting head to read p_halt from).")
+        for name in ("latent_residual", "latent_norm", "lifeline", "loop_rotary", "halt_head", "tie_word_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False (got {getattr(self, name)!r}).")
 
@@ -228,6 +241,8 @@ class RecursiveLatentConfig(PretrainedConfig):
         if self.base_lane in self.lane_adapters or len(set(self.lane_adapters)) != len(self.lane_adapters):
             raise ValueError(f"`lane_adapters` must name distinct lanes other than `base_lane` (got "
                              f"{self.lane_adapters} with base lane {self.base_lane!r}).")
+        if not 0 < self.halt_threshold < 1:
+            raise ValueError(f"`halt_threshold` must be in (0, 1) (got {self.halt_threshold!r}).")
         vocab_size = self.backbone_config.vocab_size
         if not isinstance(self.halt_token_id, int) or not 0 <= self.halt_token_id < vocab_size:
             raise ValueError(

@@ -190,7 +190,8 @@ class RecursiveLatentCausalLMOutput(ModelOutput):
     """
     Args:
         loss (`torch.FloatTensor` of shape `()`, returned when `loop_labels` is given):
-            Mean cross-entropy over all supervised loops (labels -100 are ignored).
+            Mean cross-entropy over all supervised loops (labels -100 are ignored), plus the terms `answer_ids`
+            switches on (see `RecursiveLatentForCausalLM.forward`).
         logits (`torch.FloatTensor` of shape `(batch_size, 1, vocab_size)`):
             Logits of the answer: the loop before the first predicted `<HALT>` (or the last loop). This is what
             `generate()` and `pipeline("text-generation")` read as the next token.
@@ -198,12 +199,15 @@ class RecursiveLatentCausalLMOutput(ModelOutput):
             The head's logits at every loop.
         latents (`torch.FloatTensor` of shape `(batch_size, num_loops, core_hidden_size)`):
             The latent after every loop.
+        halt_logits (`torch.FloatTensor` of shape `(batch_size, num_loops)`, returned with `config.halt_head`):
+            The halting head's logit of p_halt at every loop.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     loop_logits: torch.FloatTensor | None = None
     latents: torch.FloatTensor | None = None
+    halt_logits: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -575,6 +579,7 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
         # The head projects onto the (tied) embedding matrix; a linear bridges a core narrower or wider than it.
         self.head_proj = nn.Linear(width, embedding_width) if width != embedding_width else nn.Identity()
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(embedding_width, config.vocab_size, bias=False)
+        self.halt_head = nn.Linear(width, 1) if config.halt_head else None
         self.post_init()
         # The answer is one token read from the loops, so `generate()` and pipelines stop after it by default.
         self.generation_config.max_new_tokens = 1
@@ -609,6 +614,14 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
         """(..., D) -> (..., V)"""
         return F.linear(self.head_proj(self.head_norm(x)), self.get_output_embeddings().weight)
 
+    def halt_logit(self, x):
+        """Logit of p_halt, "this loop's answer is already right". (..., D) -> (...)"""
+        return self.halt_head(self.head_norm(x)).squeeze(-1)
+
+    def without_halt(self, loop_logits):
+        """The logits with `<HALT>` ruled out: their argmax is the loop's answer."""
+        return loop_logits.float().index_fill(-1, torch.tensor([self.config.halt_token_id], device=loop_logits.device), float("-inf"))
+
     def answer_loop(self, loop_predictions):
         """Index of the answer loop: the one before the first `<HALT>`, else the last. (B, L) -> (B,)"""
         is_halt = loop_predictions == self.config.halt_token_id
@@ -618,7 +631,7 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
 
     def forward(
         self, input_ids, attention_mask=None, loop_labels=None, num_loops=None, position_ids=None, grad_loops=None,
-        lanes=None, **kwargs,
+        lanes=None, answer_ids=None, hold_answer=False, **kwargs,
     ):
         r"""
         loop_labels (`torch.LongTensor` of shape `(batch_size, num_loops)`, *optional*):
@@ -632,6 +645,13 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
             Backpropagate only through the last `grad_loops` loops.
         lanes (`str` or `list[str]`, *optional*):
             The task lane of every example (or one for all): its LoRA adapter runs on the core. Default: the base lane.
+        answer_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            The answer token of every example. With `loop_labels`, it trains the halting head (if the model has one)
+            with binary cross-entropy against "the loop's best token other than `<HALT>` is the answer", on every
+            supervised loop.
+        hold_answer (`bool`, *optional*, defaults to `False`):
+            With `answer_ids`: every loop labelled `<HALT>` must also keep the answer as its best other token (one
+            more cross-entropy term), so that loops run past the halt point do not drift off the answer.
         """
         if loop_labels is not None:
             if loop_labels.shape[1] > self.config.max_loops:
@@ -644,27 +664,41 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
             adapter_names=self.adapter_names(lanes, input_ids.shape[0]),
         )
         loop_logits = self.head(outputs.latents)  # (B, L, V)
+        halt_logits = self.halt_logit(outputs.latents) if self.halt_head is not None else None
         loss = None
         if loop_labels is not None:
             # Deep supervision: every loop is one cross-entropy term; -100 loops (after <HALT>) do not count.
             loss = F.cross_entropy(loop_logits.flatten(0, 1).float(), loop_labels.flatten(), ignore_index=-100)
+        if loop_labels is not None and answer_ids is not None:
+            loop_answers = self.without_halt(loop_logits)
+            answers = answer_ids[:, None].expand_as(loop_labels)
+            if hold_answer:
+                at_halt = loop_labels == self.config.halt_token_id
+                loss = loss + F.cross_entropy(loop_answers[at_halt], answers[at_halt])
+            if halt_logits is not None:
+                supervised = loop_labels != -100
+                answer_right = (loop_answers.argmax(-1) == answers).float()
+                loss = loss + F.binary_cross_entropy_with_logits(halt_logits[supervised].float(), answer_right[supervised])
         rows = torch.arange(loop_logits.shape[0], device=loop_logits.device)
         answer_logits = loop_logits[rows, self.answer_loop(loop_logits.argmax(-1))]
         return RecursiveLatentCausalLMOutput(
-            loss=loss, logits=answer_logits[:, None], loop_logits=loop_logits, latents=outputs.latents
+            loss=loss, logits=answer_logits[:, None], loop_logits=loop_logits, latents=outputs.latents,
+            halt_logits=halt_logits,
         )
 
     @torch.no_grad()
     def reason(self, input_ids, attention_mask=None, max_loops=None, lanes=None, halting=None):
         """Loop each example until its halting rule stops it or it hits `max_loops` (default
         `config.max_inference_loops`). Examples that stopped leave the batch, so a batch costs the sum of its
-        examples' loops. `halting` overrides `config.halting` (`token`, `fixed`, `velocity`, see the config);
+        examples' loops. `halting` overrides `config.halting` (`token`, `head`, `fixed`, `velocity`, see the config);
         `lanes` picks each example's lane adapter, as in `forward`. The answer is the last prediction that is not
         `<HALT>`: in `token` mode the loop before `<HALT>`, in the others the last loop run (or the last one before it
         that did not predict `<HALT>`)."""
         halting = halting or self.config.halting
         if halting not in HALTING_MODES:
             raise ValueError(f"`halting` must be one of {', '.join(map(repr, HALTING_MODES))} (got {halting!r}).")
+        if halting == "head" and self.halt_head is None:
+            raise ValueError("`halting='head'` needs a halting head; this model was built without one (`halt_head`).")
         if max_loops is None:
             max_loops = self.config.fixed_loops if halting == "fixed" else self.config.max_inference_loops
         if max_loops < 1:
@@ -688,6 +722,8 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
             answer[active[~is_halt]] = prediction[~is_halt]
             if halting == "token":
                 stop = is_halt
+            elif halting == "head":
+                stop = torch.sigmoid(self.halt_logit(out)) >= self.config.halt_threshold
             elif halting == "fixed":
                 stop = torch.full_like(is_halt, loop + 1 == max_loops)
             elif previous is None:  # velocity: the first loop has nothing to compare with

@@ -235,3 +235,47 @@ def test_fixed_and_velocity_halting_match_the_loop_outputs(batch, monkeypatch):
     assert sum(rows_per_loop) == int(velocity.loops.sum())  # converged examples stop costing compute
     with pytest.raises(ValueError, match="`halting` must be"):
         model.reason(input_ids, attention_mask, halting="never")
+
+
+def test_head_halting_stops_each_example_when_p_halt_passes_the_threshold(batch, monkeypatch):
+    input_ids, attention_mask, _ = batch
+    model = build(seed=3, halt_head=True)
+    with torch.no_grad():
+        out = model(input_ids, attention_mask, num_loops=8)
+    p_halt = torch.sigmoid(out.halt_logits)  # (B, 8)
+    model.config.halt_threshold = p_halt[:, 3].median().item()  # stops some rows earlier than others
+    stops = p_halt >= model.config.halt_threshold
+    expected = torch.where(stops.any(1), stops.int().argmax(1) + 1, torch.full((3,), 8))
+    rows_per_loop = []
+    step = model.model.loop_step
+    monkeypatch.setattr(model.model, "loop_step", lambda latent, context, loop: rows_per_loop.append(latent.shape[0]) or step(latent, context, loop))
+    head = model.reason(input_ids, attention_mask, max_loops=8, halting="head")
+    assert head.loops.tolist() == expected.tolist() and len(set(expected.tolist())) > 1
+    assert head.halted.tolist() == stops.any(1).tolist()
+    assert sum(rows_per_loop) == int(head.loops.sum())
+    with pytest.raises(ValueError, match="needs a halting head"):
+        build().reason(input_ids, attention_mask, halting="head")
+    with pytest.raises(ValueError, match="needs `halt_head=True`"):
+        make_config(halting="head")
+
+
+def test_answer_ids_add_the_hold_and_halting_head_terms(batch):
+    input_ids, attention_mask, _ = batch
+    model = build(seed=1, halt_head=True).train()
+    halt, answers = model.config.halt_token_id, torch.tensor([5, 6, 7])
+    loop_labels = torch.tensor([[9, 5, halt, -100], [6, halt, halt, halt], [8, 9, 7, halt]])
+    out = model(input_ids, attention_mask, loop_labels=loop_labels, answer_ids=answers, hold_answer=True)
+    logits = out.loop_logits.float()
+    base = torch.nn.functional.cross_entropy(logits.flatten(0, 1), loop_labels.flatten(), ignore_index=-100)
+    others = logits.clone()
+    others[..., halt] = float("-inf")
+    at_halt = loop_labels == halt
+    hold = torch.nn.functional.cross_entropy(others[at_halt], answers[:, None].expand(3, 4)[at_halt])
+    right = (others.argmax(-1) == answers[:, None]).float()
+    counted = loop_labels != -100
+    halting = torch.nn.functional.binary_cross_entropy_with_logits(out.halt_logits[counted], right[counted])
+    torch.testing.assert_close(out.loss, base + hold + halting)
+    out.loss.backward()
+    assert model.halt_head.weight.grad.abs().sum() > 0
+    plain = model(input_ids, attention_mask, loop_labels=loop_labels)  # no answer ids: the loop cross-entropy only
+    torch.testing.assert_close(plain.loss, base)

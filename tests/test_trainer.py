@@ -110,6 +110,8 @@ def test_two_process_data_parallel_keeps_ranks_identical(tmp_path):
          "not a checkpoint directory"),
         (lambda tmp: None, ["--output_dir", "new", "--resume_from_checkpoint", "latest"], "no checkpoint to resume"),
         (lambda tmp: None, ["--output_dir", "new", "--ema_decay", "1.5"], "--ema_decay must be between 0 and 1"),
+        (lambda tmp: None, ["--output_dir", "new", "--halting", "head"], "--halting head needs --halt_head true"),
+        (lambda tmp: None, ["--output_dir", "new", "--extra_loops", "4"], "give --max_loops 10"),
     ],
 )
 def test_bad_input_fails_before_training(tmp_path, setup, args, message):

@@ -75,10 +75,13 @@ class ModelArguments:
     max_inference_loops: int = field(default=72, metadata={"help": "Loop limit of `reason()`."})
     halting: str = field(
         default="token",
-        metadata={"help": "`token` (supervise the path, then <HALT>) or `fixed` (run `fixed_loops`, supervise only "
-                          "the answer at the last loop: the fixed-depth and, with 1 loop, the no-loop baseline)."},
+        metadata={"help": "`token` (supervise the path, then <HALT>), `head` (the same, and `reason()` stops on the "
+                          "halting head; needs --halt_head) or `fixed` (run `fixed_loops`, supervise only the answer at "
+                          "the last loop: the fixed-depth and, with 1 loop, the no-loop baseline)."},
     )
     fixed_loops: int = field(default=6, metadata={"help": "Loops of `--halting fixed`."})
+    halt_head: bool = field(default=False, metadata={"help": "Add and train a halting head (p_halt)."})
+    halt_threshold: float = field(default=0.5, metadata={"help": "p_halt at which `--halting head` stops."})
     init_from: str | None = field(
         default=None, metadata={"help": "Start from this trained checkpoint (its architecture replaces the above)."}
     )
@@ -116,6 +119,11 @@ class RecursionArguments:
         default=True, metadata={"help": "Shift GPT-2 positions by a random offset per example in training."}
     )
     grad_loops: int | None = field(default=None, metadata={"help": "Backprop through the last k loops only."})
+    extra_loops: int = field(
+        default=0,
+        metadata={"help": "Run each training example 0..k extra loops past its <HALT> (drawn per example), labelled "
+                          "<HALT> and trained to keep the answer as the best other token."},
+    )
     pretrain_steps: int = field(default=1500, metadata={"help": "Stage 1: LM steps for a backbone built from config."})
     pretrain_learning_rate: float = field(default=2e-3, metadata={"help": "Stage 1 learning rate."})
     pretrain_hops: int = field(default=1, metadata={"help": "Stage 1 text: prompts of this many hops + answer."})
@@ -173,8 +181,9 @@ class HopChainStream(torch.utils.data.Dataset):
     """Fresh training examples made on the fly: example `i` depends only on (seed, i, current max hops), so a
     resumed run sees the same data in the same order. `max_hops` is raised by the curriculum."""
 
-    def __init__(self, data_args, size, seed, max_hops, fixed_hops=None):
+    def __init__(self, data_args, size, seed, max_hops, fixed_hops=None, extra_loops=0):
         self.data_args, self.size, self.seed, self.max_hops, self.fixed_hops = data_args, size, seed, max_hops, fixed_hops
+        self.extra_loops = extra_loops
 
     def __len__(self):
         return self.size
@@ -184,8 +193,12 @@ class HopChainStream(torch.utils.data.Dataset):
         rng = random.Random(self.seed * 1_000_003 + index)
         hops = self.fixed_hops or rng.randint(args.min_hops, self.max_hops)
         if args.lane == "arith":
-            return make_arith_example(rng, hops)
-        return make_example(rng, hops, variant=args.variant, **distractor_kwargs(args))
+            example = make_arith_example(rng, hops)
+        else:
+            example = make_example(rng, hops, variant=args.variant, **distractor_kwargs(args))
+        if self.extra_loops:
+            example["loop_targets"] = example["loop_targets"] + ["<HALT>"] * rng.randint(0, self.extra_loops)
+        return example
 
 
 def lm_collator(tokenizer):
@@ -344,6 +357,7 @@ class RLFTrainer(Trainer):
         outputs = model(
             input_ids=inputs["input_ids"], attention_mask=mask, loop_labels=inputs["loop_labels"],
             position_ids=positions, grad_loops=self.recursion_args.grad_loops, lanes=inputs.get("lanes"),
+            answer_ids=inputs["answer_ids"], hold_answer=self.recursion_args.extra_loops > 0,
         )
         if not torch.isfinite(outputs.loss):
             raise RuntimeError(
@@ -393,7 +407,8 @@ def build_model(model_args, tokenizer):
         latent_norm=model_args.latent_norm, lifeline=model_args.lifeline,
         loop_rotary=model_args.loop_rotary, max_loops=model_args.max_loops,
         max_inference_loops=model_args.max_inference_loops, halt_token_id=tokenizer.convert_tokens_to_ids("<HALT>"),
-        halting=model_args.halting, fixed_loops=model_args.fixed_loops,
+        halting=model_args.halting, fixed_loops=model_args.fixed_loops, halt_head=model_args.halt_head,
+        halt_threshold=model_args.halt_threshold,
     )
     if model_args.backbone_name_or_path:
         return RecursiveLatentForCausalLM.from_backbone(model_args.backbone_name_or_path, **core_kwargs)
@@ -483,6 +498,12 @@ def main(argv=None):
     check_output_dir(training_args)
     if model_args.halting == "fixed" and not 1 <= model_args.fixed_loops <= model_args.max_loops:
         raise SystemExit(f"error: --fixed_loops must be in 1..max_loops ({model_args.max_loops}), got {model_args.fixed_loops}")
+    if model_args.halting == "head" and not model_args.halt_head:
+        raise SystemExit("error: --halting head needs --halt_head true (a halting head to train)")
+    longest = data_args.max_hops + 1 + recursion_args.extra_loops
+    if model_args.halting != "fixed" and longest > model_args.max_loops:
+        raise SystemExit(f"error: --max_loops {model_args.max_loops} is too few for {data_args.max_hops} hops + <HALT> + "
+                         f"{recursion_args.extra_loops} extra loops: give --max_loops {longest}")
     if data_args.lane not in LANES:
         raise SystemExit(f"error: --lane must be one of {', '.join(LANES)} (got {data_args.lane!r})")
     if recursion_args.ema_decay is not None and not 0 < recursion_args.ema_decay < 1:
@@ -542,7 +563,8 @@ def main(argv=None):
         add_lora(model, model_args)
 
     start_hops = recursion_args.curriculum_start_hops if recursion_args.curriculum else data_args.max_hops
-    train_data = HopChainStream(data_args, train_size, seed=training_args.seed, max_hops=min(start_hops, data_args.max_hops))
+    train_data = HopChainStream(data_args, train_size, seed=training_args.seed, max_hops=min(start_hops, data_args.max_hops),
+                                extra_loops=recursion_args.extra_loops)
     curriculum = CurriculumCallback(train_data, recursion_args, data_args.max_hops) if recursion_args.curriculum else None
     callbacks = [curriculum] if curriculum else []
     ema = WeightEMA(model, recursion_args.ema_decay) if recursion_args.ema_decay else None
