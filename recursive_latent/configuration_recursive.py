@@ -65,6 +65,10 @@ class RecursiveLatentConfig(PretrainedConfig):
             Latent design, transformer core: keep the previous latent in the residual stream of the loop's first
             block. Off, the latent is replaced each loop by what its attention read. Measured in `docs/results.md`:
             on learned the hops sooner.
+        backbone_positions (`bool`, *optional*, defaults to `True`):
+            Give a GPT-2 backbone its learned absolute position embeddings. Off, every token gets position 0's
+            embedding (no positional signal): order then comes from causal attention and the binding conv, and a
+            prompt longer than any seen in training meets no untrained position. Mamba2 has no positions.
         latent_norm (`bool`, *optional*, defaults to `True`):
             LayerNorm the latent at the start of every loop. Without it the latent's norm grows each loop and the
             model uses it as a loop counter, which breaks past the trained depth.
@@ -135,6 +139,7 @@ class RecursiveLatentConfig(PretrainedConfig):
         binding_conv="embeddings",
         binding_conv_kernel=4,
         latent_residual=True,
+        backbone_positions=True,
         latent_norm=True,
         lifeline=True,
         lifeline_gate_init=1.0,
@@ -166,6 +171,7 @@ class RecursiveLatentConfig(PretrainedConfig):
         self.binding_conv = binding_conv
         self.binding_conv_kernel = binding_conv_kernel
         self.latent_residual = latent_residual
+        self.backbone_positions = backbone_positions
         self.latent_norm = latent_norm
         self.lifeline = lifeline
         self.lifeline_gate_init = lifeline_gate_init
@@ -225,7 +231,7 @@ class RecursiveLatentConfig(PretrainedConfig):
         _check_choice("halting", self.halting, HALTING_MODES)
         if self.halting == "head" and not self.halt_head:
             raise ValueError("`halting='head'` needs `halt_head=True` (a halting head to read p_halt from).")
-        for name in ("latent_residual", "latent_norm", "lifeline", "loop_rotary", "halt_head", "tie_word_embeddings"):
+        for name in ("latent_residual", "backbone_positions", "latent_norm", "lifeline", "loop_rotary", "halt_head", "tie_word_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False (got {getattr(self, name)!r}).")
 

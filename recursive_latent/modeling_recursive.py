@@ -466,6 +466,8 @@ class RecursiveLatentModel(RecursiveLatentPreTrainedModel, LaneRouting):
             # GPT2Model numbers positions with arange and would ignore left padding; number the real tokens.
             if position_ids is None:
                 position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+            if not self.config.backbone_positions:
+                position_ids = torch.zeros_like(position_ids)
             kwargs["position_ids"] = position_ids
         outputs = self.backbone(
             inputs_embeds=embeddings, attention_mask=attention_mask, output_hidden_states=True, **kwargs

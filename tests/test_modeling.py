@@ -279,3 +279,14 @@ def test_answer_ids_add_the_hold_and_halting_head_terms(batch):
     assert model.halt_head.weight.grad.abs().sum() > 0
     plain = model(input_ids, attention_mask, loop_labels=loop_labels)  # no answer ids: the loop cross-entropy only
     torch.testing.assert_close(plain.loss, base)
+
+
+def test_backbone_positions_off_ignores_position_ids(batch):
+    input_ids, attention_mask, _ = batch
+    shifted = (attention_mask.cumsum(1) - 1).clamp(min=0) + 7
+    for positions, same in ((True, False), (False, True)):
+        model = build(backbone_positions=positions)
+        with torch.no_grad():
+            a = model(input_ids, attention_mask, num_loops=3).loop_logits
+            b = model(input_ids, attention_mask, num_loops=3, position_ids=shifted).loop_logits
+        assert torch.allclose(a, b) == same

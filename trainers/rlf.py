@@ -68,6 +68,9 @@ class ModelArguments:
     memory: str = field(default="all", metadata={"help": "`all` backbone layers or the `last` one."})
     binding_conv: str = field(default="embeddings", metadata={"help": "`embeddings`, `memory` or `none`."})
     latent_residual: bool = field(default=True, metadata={"help": "Keep the old latent in the core's residual."})
+    backbone_positions: bool = field(
+        default=True, metadata={"help": "GPT-2 position embeddings; false gives every token position 0's (no positions)."}
+    )
     latent_norm: bool = field(default=True, metadata={"help": "LayerNorm the latent every loop."})
     lifeline: bool = field(default=True, metadata={"help": "Re-inject the prompt state every loop."})
     loop_rotary: bool = field(default=False, metadata={"help": "Rotate the latent by the loop index."})
@@ -404,7 +407,7 @@ def build_model(model_args, tokenizer):
         core_hidden_size=model_args.core_hidden_size, core_num_heads=model_args.core_num_heads,
         core_num_layers=model_args.core_num_layers, memory=model_args.memory,
         binding_conv=model_args.binding_conv, latent_residual=model_args.latent_residual,
-        latent_norm=model_args.latent_norm, lifeline=model_args.lifeline,
+        backbone_positions=model_args.backbone_positions, latent_norm=model_args.latent_norm, lifeline=model_args.lifeline,
         loop_rotary=model_args.loop_rotary, max_loops=model_args.max_loops,
         max_inference_loops=model_args.max_inference_loops, halt_token_id=tokenizer.convert_tokens_to_ids("<HALT>"),
         halting=model_args.halting, fixed_loops=model_args.fixed_loops, halt_head=model_args.halt_head,
