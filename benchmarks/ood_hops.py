@@ -10,6 +10,7 @@ import argparse
 import json
 import platform
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -24,12 +25,21 @@ DEFAULT_HOPS = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32]
 BENCHMARK_SEED = 1_000_000  # far from the trainer's seeds (training streams use small seeds, validation 10,000+h)
 
 
-def trained_range(model_dir):
-    config_file = Path(model_dir) / "training_config.yaml"
-    if not config_file.is_file():
-        return None
-    data = yaml.safe_load(config_file.read_text()).get("data", {})
-    return [data.get("min_hops"), data.get("max_hops")]
+def training_record(model_dir):
+    """What the trainer wrote into a local checkpoint about its run: the trained hop range, the command line and the
+    training wall time (None where the checkpoint does not say)."""
+    model_dir = Path(model_dir)
+    record = {"trained_hops": None, "training_command": None, "train_seconds": None}
+    config_file = model_dir / "training_config.yaml"
+    if config_file.is_file():
+        run_config = yaml.safe_load(config_file.read_text())
+        data = run_config.get("data", {})
+        record["trained_hops"] = [data.get("min_hops"), data.get("max_hops")]
+        record["training_command"] = run_config.get("command")
+    results_file = model_dir / "train_results.json"
+    if results_file.is_file():
+        record["train_seconds"] = json.loads(results_file.read_text()).get("train_runtime")
+    return record
 
 
 def run(model_dir, variant, hops_list, n, batch_size, seed, lane="pointer"):
@@ -99,9 +109,10 @@ def main():
     start = time.perf_counter()
     per_hop = run(args.model, args.variant, args.hops, args.n, args.batch_size, args.seed, args.lane)
     results = {
+        "command": " ".join(["python", "benchmarks/ood_hops.py", *sys.argv[1:]]),
         "model": str(args.model), "lane": args.lane, "variant": "chain" if args.lane == "arith" else args.variant,
         "n": args.n, "seed": args.seed,
-        "trained_hops": trained_range(args.model), "per_hop": per_hop,
+        **training_record(args.model), "per_hop": per_hop,
         "seconds": time.perf_counter() - start,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "machine": {"cpu_count": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},

@@ -1,10 +1,10 @@
-"""Render the benchmark JSON files into docs/results_tables.md (every number there comes from a JSON file).
+"""Render the benchmark JSON files into docs/results.md (every number there comes from a JSON or CSV file).
 
     python benchmarks/report.py [--run outputs/default/final] [--docs docs]
 
 With `--run CHECKPOINT`, first runs the suite on it (ood_hops, depth_sweep, inference_ablations, probes,
 throughput) and copies the JSON files and plots into `--docs` under the names below; then renders every table it
-finds. The narrative in docs/results.md links to these tables.
+finds. The narrative (how each default was found) is docs/experiments.md.
 """
 
 import argparse
@@ -18,13 +18,31 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
-OOD_RUNS = {  # docs/<file> -> what it is
-    "ood_hops_default.json": "default (GPT-2 backbone, looped latent core, token halting)",
-    "ood_hops_default_on_chain.json": "default, evaluated on the seed's `chain` format",
-    "ood_hops_default_mamba2.json": "default_mamba2 (not at the targets)",
-    "ood_hops_baseline_no_loop.json": "baseline: no loop (one core pass, answer only)",
-    "ood_hops_baseline_fixed_depth.json": "baseline: fixed depth (6 loops, answer only at the last)",
-    "ood_hops_baseline_cot.json": "baseline: token recurrence (GPT-2 LM writes the path as tokens)",
+# docs/<file> -> (section, what the run is). Sections are rendered in the order of SECTIONS.
+OOD_RUNS = {
+    "ood_hops_default.json": ("default", "default (GPT-2 backbone, looped latent core, token halting)"),
+    "ood_hops_default_on_chain.json": ("default", "default, evaluated on the seed's `chain` format"),
+    "ood_hops_baseline_no_loop.json": ("baselines", "baseline: no loop (one core pass, answer only)"),
+    "ood_hops_baseline_fixed_depth.json": ("baselines", "baseline: fixed depth (6 loops, answer only at the last)"),
+    "ood_hops_baseline_cot.json": ("baselines", "baseline: token recurrence (GPT-2 LM writes the path as tokens)"),
+    "ood_hops_ablation_no_lifeline.json": ("ablations", "trained ablation: no lifeline"),
+    "ood_hops_ablation_loop_rotary.json": ("ablations", "trained ablation: loop rotary on"),
+    "ood_hops_ablation_ema.json": ("ablations", "trained ablation: EMA of the weights (0.999)"),
+    "ood_hops_ablation_truncated_bptt.json": ("ablations", "trained ablation: truncated backprop (last 2 loops)"),
+    "ood_hops_ablation_lora.json": ("ablations", "trained ablation: LoRA on a frozen LM-pretrained backbone"),
+    "ood_hops_ablation_mamba2_core.json": ("ablations", "trained ablation: Mamba2 block as the core"),
+    "ood_hops_halt_head_extra_loops.json": ("depth", "halting head + up to 4 extra loops past <HALT>"),
+    "ood_hops_no_positions.json": ("depth", "GPT-2 backbone without position embeddings"),
+    "ood_hops_default_mamba2.json": ("mamba2", "default_mamba2 (not at the targets)"),
+    "ood_hops_lane_arith.json": ("lanes", "`arith` lane adapter on the default model"),
+}
+SECTIONS = {
+    "default": "The default run",
+    "baselines": "Baselines (same config, data and budget)",
+    "ablations": "Trained ablations (the default config with one switch changed)",
+    "depth": "Depth extrapolation: halting head, extra loops, positions",
+    "mamba2": "Mamba2 backbone",
+    "lanes": "Lanes",
 }
 
 
@@ -39,9 +57,13 @@ def ci(row, key):
 
 def ood_table(path, label):
     r = json.loads(path.read_text())
-    lines = [f"### {label}", "",
-             f"`{path.name}`: model `{r['model']}`, variant `{r['variant']}`, {r['n']} fresh prompts per hop count, "
-             f"seed {r['seed']} + hops, {r['seconds']:.0f} s.", "",
+    command = r.get("command") or f"python benchmarks/ood_hops.py --model {r['model']} --variant {r['variant']}"
+    lines = [f"### {label}", "", f"`{path.name}` from `{command}`: {r['n']} fresh prompts per hop count, seed "
+             f"{r['seed']} + hops, {r['seconds']:.0f} s."]
+    if r.get("training_command"):
+        trained = f" in {r['train_seconds']:.0f} s" if r.get("train_seconds") else ""
+        lines[-1] += f" Trained{trained} by `{r['training_command']}`."
+    lines += ["",
              "| hops | answer % [95% CI] | trace % [95% CI] | halt at hops+1 % | mean loops | examples/s |",
              "|---|---|---|---|---|---|"]
     for hops, row in r["per_hop"].items():
@@ -50,29 +72,37 @@ def ood_table(path, label):
     return lines
 
 
-def comparison_table(docs):
-    """Answer exact match of every run side by side, per hop count."""
-    runs = {label: json.loads((docs / name).read_text()) for name, label in OOD_RUNS.items()
-            if (docs / name).is_file() and "chain" not in name}
+def comparison_tables(docs):
+    """Answer and trace exact match of every `shuffled` pointer-lane run side by side, per hop count."""
+    runs = {}
+    for name, (_, label) in OOD_RUNS.items():
+        if (docs / name).is_file():
+            r = json.loads((docs / name).read_text())
+            if r["variant"] == "shuffled" and r.get("lane", "pointer") == "pointer":
+                runs[label] = r
     hops = sorted({int(h) for r in runs.values() for h in r["per_hop"]})
-    lines = ["### Answer exact match %, every run", "", "| run | " + " | ".join(map(str, hops)) + " |",
-             "|---|" + "---|" * len(hops)]
-    for label, r in runs.items():
-        cells = [pct(r["per_hop"][str(h)]["answer_exact_match"]) if str(h) in r["per_hop"] else "" for h in hops]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines = []
+    for key, title in (("answer_exact_match", "Answer"), ("trace_exact_match", "Trace")):
+        lines += [f"### {title} exact match %, every run (`shuffled`)", "",
+                  "| run | " + " | ".join(map(str, hops)) + " |", "|---|" + "---|" * len(hops)]
+        for label, r in runs.items():
+            cells = [pct(r["per_hop"][str(h)][key]) if str(h) in r["per_hop"] else "" for h in hops]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
     return lines
 
 
 def ablation_tables(path):
     r = json.loads(path.read_text())
     hops = list(next(iter(r["ablations"].values())))
-    lines = ["### Inference ablations of the default checkpoint (answer %)", "",
-             f"`{path.name}`: {r['n']} prompts per hop count, seed {r['seed']} + hops, {r['seconds']:.0f} s.", "",
+    lines = [f"### Inference ablations of `{r['model']}` (answer %)", "",
+             f"`{path.name}` from `python benchmarks/inference_ablations.py --model {r['model']}`: {r['n']} prompts per "
+             f"hop count, seed {r['seed']} + hops, {r['seconds']:.0f} s (ablations and halting modes together).", "",
              "| ablation | " + " | ".join(hops) + " |", "|---|" + "---|" * len(hops)]
     for name, row in r["ablations"].items():
         lines.append(f"| {name} | " + " | ".join(pct(row[h]["answer_exact_match"]) for h in hops) + " |")
     if not r.get("loop_rotary"):
-        lines += ["", "Loop rotary off: not applicable, the default model is trained without loop rotary."]
+        lines += ["", "Loop rotary off: not applicable, this model is trained without loop rotary."]
     lines += ["", "### Halting modes on the same prompts (answer % / mean loops / examples/s)", "",
               "| halting | " + " | ".join(f"{h} hops" for h in hops) + " |", "|---|" + "---|" * len(hops)]
     for name, row in r["halting"].items():
@@ -103,7 +133,9 @@ def depth_sweep_table(path):
     rows = list(csv.DictReader(path.open()))
     loops = sorted({int(row["loops"]) for row in rows})
     hops = sorted({int(row["hops"]) for row in rows})
-    lines = ["### Depth sweep: answer % at loop r, `<HALT>` masked", "", f"`{path.name}`", "",
+    lines = [f"### Depth sweep: answer % at loop r, `<HALT>` masked (`{path.name}`)", "",
+             f"From `python benchmarks/depth_sweep.py`: {rows[0]['n']} prompts per hop count, seed "
+             f"{int(rows[0]['seed']) - int(rows[0]['hops'])} + hops.", "",
              "| hops | " + " | ".join(f"r = {r}" for r in loops) + " |", "|---|" + "---|" * len(loops)]
     for h in hops:
         cells = {int(row["loops"]): row for row in rows if int(row["hops"]) == h}
@@ -150,29 +182,79 @@ def run_suite(checkpoint, docs):
         shutil.copy(png, docs / "img" / png.name)
 
 
+def machine_line(docs):
+    """Where the default run's benchmark ran, as its JSON records it."""
+    path = docs / "ood_hops_default.json"
+    if not path.is_file():
+        return []
+    machine = json.loads(path.read_text())["machine"]
+    return [f"Machine (from `{path.name}`): {machine['platform']}, {machine['cpu_count']} torch threads, "
+            f"torch {machine['torch']}.", ""]
+
+
+def readme_summary(docs):
+    """The README's results block: the default run's answer and trace exact match per hop count."""
+    r = json.loads((docs / "ood_hops_default.json").read_text())
+    hops = list(r["per_hop"])
+    trained = f", trained on {r['trained_hops'][0]}-{r['trained_hops'][1]} hops" if r.get("trained_hops") else ""
+    timing = f" in {r['train_seconds']:.0f} s of training" if r.get("train_seconds") else ""
+    source = f", `{r['command']}`" if r.get("command") else ""
+    lines = [f"The default checkpoint{trained}{timing}, on {r['n']:,} fresh `{r['variant']}` prompts per hop count "
+             f"(seed {r['seed']:,} + hops{source}):", "",
+             "| hops | " + " | ".join(hops) + " |", "|---|" + "---|" * len(hops)]
+    for key, name in (("answer_exact_match", "answer exact match %"), ("trace_exact_match", "trace exact match % (every loop right)"),
+                      ("halt_rate", "`<HALT>` at hops + 1 %")):
+        lines.append(f"| {name} | " + " | ".join(pct(r["per_hop"][h][key]) for h in hops) + " |")
+    return lines
+
+
+def update_readme(readme, block):
+    """Replace what sits between the README's results markers."""
+    text = readme.read_text()
+    start = text.index("<!-- results:start")
+    start = text.index("-->", start) + len("-->")
+    end = text.index("<!-- results:end -->")
+    readme.write_text(text[:start] + "\n" + "\n".join(block) + "\n" + text[end:])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default=None, help="run the benchmark suite on this checkpoint first")
     parser.add_argument("--docs", default=str(ROOT / "docs"))
+    parser.add_argument("--readme", default=str(ROOT / "README.md"), help="README whose results block to regenerate")
     args = parser.parse_args()
     docs = Path(args.docs)
     if args.run:
         run_suite(args.run, docs)
-    lines = ["# Result tables", "", "Generated by `python benchmarks/report.py` from the JSON and CSV files in this "
-             "folder; do not edit by hand. The narrative, the failed runs and the commands are in `results.md`.", ""]
-    if any((docs / name).is_file() for name in OOD_RUNS):
-        lines += comparison_table(docs) + [""]
-    for name, label in OOD_RUNS.items():
-        if (docs / name).is_file():
-            lines += ood_table(docs / name, label) + [""]
+    lines = ["# Measured results", "",
+             "Generated by `python benchmarks/report.py` from the JSON and CSV files in this folder (each written by "
+             "the benchmark named with it); do not edit by hand. How each default was found, the failed runs and what "
+             "the tables mean: [`experiments.md`](experiments.md).", ""]
+    lines += machine_line(docs)
+    lines += comparison_tables(docs)
+    for section, title in SECTIONS.items():
+        runs = [(name, label) for name, (where, label) in OOD_RUNS.items() if where == section and (docs / name).is_file()]
+        if runs:
+            lines += [f"## {title}", ""]
+            for name, label in runs:
+                lines += ood_table(docs / name, label) + [""]
     renderers = {"inference_ablations_default.json": ablation_tables, "depth_sweep_default.csv": depth_sweep_table,
                  "throughput_default.json": throughput_tables, "ctr_ablations.json": ctr_table,
                  "ctr_ablations_train16.json": ctr_table}
-    for name, render in renderers.items():
-        if (docs / name).is_file():
-            lines += render(docs / name) + [""]
-    (docs / "results_tables.md").write_text("\n".join(lines))
-    print(f"wrote {docs / 'results_tables.md'}")
+    extra = sorted(docs.glob("inference_ablations_*.json")) + sorted(docs.glob("depth_sweep_*.csv"))
+    renderers |= {path.name: ablation_tables if path.suffix == ".json" else depth_sweep_table for path in extra
+                  if path.name not in renderers}
+    rendered = [(name, render) for name, render in renderers.items() if (docs / name).is_file()]
+    if rendered:
+        lines += ["## Inference ablations, halting modes, depth sweeps, throughput, CTR refiner", ""]
+    for name, render in rendered:
+        lines += render(docs / name) + [""]
+    (docs / "results.md").write_text("\n".join(lines))
+    print(f"wrote {docs / 'results.md'}")
+    readme = Path(args.readme)
+    if readme.is_file() and (docs / "ood_hops_default.json").is_file():
+        update_readme(readme, readme_summary(docs))
+        print(f"updated the results block of {readme}")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ class RecursiveLatentConfig(PretrainedConfig):
             Kernel size of the binding conv (4, Mamba's default, spans a whole `A = dog .` statement).
         latent_residual (`bool`, *optional*, defaults to `True`):
             Latent design, transformer core: keep the previous latent in the residual stream of the loop's first
-            block. Off, the latent is replaced each loop by what its attention read. Measured in `docs/results.md`:
+            block. Off, the latent is replaced each loop by what its attention read. Measured in `docs/experiments.md`:
             on learned the hops sooner.
         backbone_positions (`bool`, *optional*, defaults to `True`):
             Give a GPT-2 backbone its learned absolute position embeddings. Off, every token gets position 0's

@@ -38,10 +38,12 @@ def test_inference_ablations_and_report_render_the_measured_numbers(tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
     (docs / "ood_hops_default.json").write_text((tmp_path / "out" / "ood_hops.json").read_text())
     (docs / "inference_ablations_default.json").write_text((tmp_path / "out" / "inference_ablations.json").read_text())
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), "--docs", str(docs)],
-                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- results:start (generated) -->\nstale\n<!-- results:end -->\nafter\n")
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), "--docs", str(docs),
+                             "--readme", str(readme)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    tables = (docs / "results_tables.md").read_text()
+    tables = (docs / "results.md").read_text()
     ood = json.loads((docs / "ood_hops_default.json").read_text())
     ablations = json.loads((docs / "inference_ablations_default.json").read_text())
     assert set(ablations["ablations"]) == {"none", "gate_zeroed", "gate_noise_same_norm", "x_prompt_shuffled"}
@@ -51,3 +53,6 @@ def test_inference_ablations_and_report_render_the_measured_numbers(tmp_path):
     assert f"| 2 | {100 * row['answer_exact_match']:.1f} [{100 * low:.1f}, {100 * high:.1f}]" in tables
     gate = ablations["ablations"]["gate_zeroed"]["1"]["answer_exact_match"]
     assert f"| gate_zeroed | {100 * gate:.1f} |" in tables
+    summary = readme.read_text()
+    assert "stale" not in summary and summary.endswith("<!-- results:end -->\nafter\n")
+    assert f"| answer exact match % | {100 * ood['per_hop']['1']['answer_exact_match']:.1f} |" in summary

@@ -57,7 +57,9 @@ def test_short_run_learns_saves_loads_and_resumes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     final = out / "final"
     assert {"config.json", "model.safetensors", "modeling_recursive.py", "tokenizer.json", "README.md",
-            "training_config.yaml"} <= set(os.listdir(final))
+            "training_config.yaml", "train_results.json"} <= set(os.listdir(final))
+    assert json.loads((final / "train_results.json").read_text())["train_runtime"] > 0
+    assert "--output_dir" in (final / "training_config.yaml").read_text()  # the command line is recorded
     history = losses(out / "checkpoint-24" / "trainer_state.json")
     assert history[-1] < history[0]
     assert "trainable" in result.stdout and "[eval]" in result.stdout

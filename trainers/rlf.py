@@ -497,6 +497,7 @@ def check_output_dir(training_args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     model_args, data_args, recursion_args, training_args, config_path = parse_arguments(argv)
     check_output_dir(training_args)
     if model_args.halting == "fixed" and not 1 <= model_args.fixed_loops <= model_args.max_loops:
@@ -587,7 +588,7 @@ def main(argv=None):
             f"{model.config.backbone_mode} backbone"
         print(f"[model] {total:,} parameters, {trainable:,} trainable ({what})")
         os.makedirs(training_args.output_dir, exist_ok=True)
-        run_config = {"model": asdict(model_args), "data": asdict(data_args), "recursion": asdict(recursion_args),
+        run_config = {"command": " ".join(["python", "trainers/rlf.py", *argv]), "model": asdict(model_args), "data": asdict(data_args), "recursion": asdict(recursion_args),
                       "config_file": config_path, "seed": training_args.seed}
         Path(training_args.output_dir, "training_config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
 
@@ -600,7 +601,7 @@ def main(argv=None):
         recursion_args=recursion_args,
         data_args=data_args, curriculum=curriculum, ema=ema,
     )
-    trainer.train(resume_from_checkpoint=resume)
+    train_output = trainer.train(resume_from_checkpoint=resume)
     # Data-parallel ranks must end with the same weights; each prints a digest so runs (and tests) can check.
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()[:16]
     print(f"[rank {training_args.process_index}] world size {training_args.world_size} weights digest {digest}")
@@ -612,6 +613,7 @@ def main(argv=None):
         Path(final_dir, "training_config.yaml").write_text(
             Path(training_args.output_dir, "training_config.yaml").read_text()
         )
+        Path(final_dir, "train_results.json").write_text(json.dumps(train_output.metrics, indent=2))
         write_model_card(final_dir)
         print(f"[done] final checkpoint in {final_dir}")
         if push_to:

@@ -79,7 +79,7 @@ def main(argv=None):
         n_layer=model_args.backbone_num_layers, n_head=model_args.backbone_num_heads, resid_pdrop=0.0,
         embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=halt_id, pad_token_id=tokenizer.pad_token_id,
         initializer_range=width**-0.5,  # fan-in init, as the looped model's backbone
-        tie_word_embeddings=False,  # as the looped model's head: tied, a 64-wide head learned far slower (results.md)
+        tie_word_embeddings=False,  # as the looped model's head: tied, a 64-wide head learned far slower (docs/experiments.md)
     )
     model = GPT2LMHeadModel(config)
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = halt_id, tokenizer.pad_token_id
