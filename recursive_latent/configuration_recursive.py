@@ -72,6 +72,11 @@ class RecursiveLatentConfig(PretrainedConfig):
         latent_norm (`bool`, *optional*, defaults to `True`):
             LayerNorm the latent at the start of every loop. Without it the latent's norm grows each loop and the
             model uses it as a loop counter, which breaks past the trained depth.
+        latent_newton_schulz (`bool`, *optional*, defaults to `False`):
+            Orthogonalise the new latent after every loop (seed 003's Newton-Schulz "reality check"): the latent is
+            viewed as a (`newton_schulz_rows`, D / rows) matrix. Latent core design only.
+        newton_schulz_rows (`int`, *optional*, defaults to 8):
+            Rows of that matrix view; must divide `core_hidden_size`.
         lifeline (`bool`, *optional*, defaults to `True`):
             Re-inject the prompt state (`gate * x_prompt`) at every loop.
         lifeline_gate_init (`float`, *optional*, defaults to 1.0):
@@ -141,6 +146,8 @@ class RecursiveLatentConfig(PretrainedConfig):
         latent_residual=True,
         backbone_positions=True,
         latent_norm=True,
+        latent_newton_schulz=False,
+        newton_schulz_rows=8,
         lifeline=True,
         lifeline_gate_init=1.0,
         loop_rotary=False,
@@ -173,6 +180,8 @@ class RecursiveLatentConfig(PretrainedConfig):
         self.latent_residual = latent_residual
         self.backbone_positions = backbone_positions
         self.latent_norm = latent_norm
+        self.latent_newton_schulz = latent_newton_schulz
+        self.newton_schulz_rows = newton_schulz_rows
         self.lifeline = lifeline
         self.lifeline_gate_init = lifeline_gate_init
         self.loop_rotary = loop_rotary
@@ -231,13 +240,13 @@ class RecursiveLatentConfig(PretrainedConfig):
         _check_choice("halting", self.halting, HALTING_MODES)
         if self.halting == "head" and not self.halt_head:
             raise ValueError("`halting='head'` needs `halt_head=True` (a halting head to read p_halt from).")
-        for name in ("latent_residual", "backbone_positions", "latent_norm", "lifeline", "loop_rotary", "halt_head", "tie_word_embeddings"):
+        for name in ("latent_residual", "backbone_positions", "latent_norm", "latent_newton_schulz", "lifeline", "loop_rotary", "halt_head", "tie_word_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False (got {getattr(self, name)!r}).")
 
     def _validate_sizes(self):
         for name in ("core_hidden_size", "core_num_heads", "core_num_layers", "core_mlp_ratio",
-                     "binding_conv_kernel", "max_loops", "max_inference_loops", "fixed_loops"):
+                     "binding_conv_kernel", "max_loops", "max_inference_loops", "fixed_loops", "newton_schulz_rows"):
             _check_positive(name, getattr(self, name))
         if self.core_block == "transformer" and self.core_hidden_size % self.core_num_heads:
             raise ValueError(
@@ -247,6 +256,10 @@ class RecursiveLatentConfig(PretrainedConfig):
         if self.base_lane in self.lane_adapters or len(set(self.lane_adapters)) != len(self.lane_adapters):
             raise ValueError(f"`lane_adapters` must name distinct lanes other than `base_lane` (got "
                              f"{self.lane_adapters} with base lane {self.base_lane!r}).")
+        if self.latent_newton_schulz and (self.core_design != "latent" or self.core_hidden_size % self.newton_schulz_rows):
+            raise ValueError(f"`latent_newton_schulz` needs the latent core design and `newton_schulz_rows` dividing "
+                             f"`core_hidden_size` (got {self.core_design!r}, {self.newton_schulz_rows} rows, width "
+                             f"{self.core_hidden_size}).")
         if not 0 < self.halt_threshold < 1:
             raise ValueError(f"`halt_threshold` must be in (0, 1) (got {self.halt_threshold!r}).")
         vocab_size = self.backbone_config.vocab_size

@@ -45,6 +45,18 @@ def rotate_by_loop(x, loop, base=10000.0):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * half :]], dim=-1)
 
 
+def newton_schulz(x, rows, steps=5):
+    """Seed 003's latent "reality check": view the last dim of `x` (..., D) as a (rows, D / rows) matrix and push it
+    towards orthogonal with Muon's quintic Newton-Schulz iteration; rescaled so entries keep an RMS of about 1."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    m = x.reshape(*x.shape[:-1], rows, x.shape[-1] // rows)
+    m = m / m.norm(dim=(-2, -1), keepdim=True).clamp(min=1e-7)
+    for _ in range(steps):
+        gram = m @ m.transpose(-2, -1)
+        m = a * m + (b * gram + c * gram @ gram) @ m
+    return (m * (x.shape[-1] // rows) ** 0.5).reshape(x.shape)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Modules
 # ----------------------------------------------------------------------------------------------------------------
@@ -520,6 +532,8 @@ class RecursiveLatentModel(RecursiveLatentPreTrainedModel, LaneRouting):
                     latent = block(latent[:, None], context.key_values[i], attn_mask, residual)[:, 0]
                 else:
                     latent = block(latent, context.memory, context.mask)
+            if self.config.latent_newton_schulz:
+                latent = newton_schulz(latent, self.config.newton_schulz_rows)
             return latent, latent
         for block in self.blocks:
             if isinstance(block, CoreBlock):

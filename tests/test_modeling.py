@@ -290,3 +290,42 @@ def test_backbone_positions_off_ignores_position_ids(batch):
             a = model(input_ids, attention_mask, num_loops=3).loop_logits
             b = model(input_ids, attention_mask, num_loops=3, position_ids=shifted).loop_logits
         assert torch.allclose(a, b) == same
+
+
+def test_newton_schulz_latent_is_near_orthogonal(batch):
+    from recursive_latent.modeling_recursive import newton_schulz
+
+    x = torch.randn(5, 64)
+    m = newton_schulz(x, 8).reshape(5, 8, 8) / 8**0.5
+    singular_values = torch.linalg.svdvals(m)
+    assert singular_values.min() > 0.6 and singular_values.max() < 1.3  # Muon's iteration: roughly orthogonal
+    input_ids, attention_mask, _ = batch
+    model = build(latent_newton_schulz=True, newton_schulz_rows=4)
+    latents = model(input_ids, attention_mask, num_loops=2).latents  # (B, 2, 32): each a 4 x 8 near-orthogonal view
+    assert torch.linalg.svdvals(latents.reshape(3, 2, 4, 8) / 8**0.5).sub(1).abs().max() < 0.4
+    with pytest.raises(ValueError, match="newton_schulz_rows"):
+        make_config(latent_newton_schulz=True, newton_schulz_rows=5)
+
+
+def test_muon_steps_the_core_matrices_and_follows_the_scheduler(batch):
+    from recursive_latent.optimization import muon_with_adamw
+
+    input_ids, attention_mask, loop_labels = batch
+    model = build().train()
+    names = {name for name, p in model.named_parameters() if p.ndim == 2}
+    optimizer = muon_with_adamw(model, lr=1e-2, weight_decay=0.01, decay_names=names)
+    muon, adamw = optimizer.optimizers
+    core = {id(p) for block in model.model.blocks for p in block.parameters() if p.ndim == 2}
+    assert {id(p) for p in muon.param_groups[0]["params"]} == core
+    assert len(optimizer.param_groups) == len(muon.param_groups) + len(adamw.param_groups)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    model(input_ids, attention_mask, loop_labels=loop_labels).loss.backward()
+    optimizer.step()
+    scheduler.step()
+    assert all(group["lr"] == 5e-3 for group in optimizer.param_groups)  # one scheduler drives both optimizers
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert "model.blocks.0.attn.query.weight" in changed and "head_norm.weight" in changed
+    restored = muon_with_adamw(model, lr=1e-2, weight_decay=0.01, decay_names=names)
+    restored.load_state_dict(optimizer.state_dict())
+    assert restored.optimizers[0].state_dict()["state"].keys() == muon.state_dict()["state"].keys()

@@ -35,6 +35,7 @@ from model_cards.generate import write_model_card
 from recursive_latent import RecursiveLatentConfig, RecursiveLatentForCausalLM
 from recursive_latent.evaluation import evaluate_examples
 from recursive_latent.hub import HubPushError, push_checkpoint
+from recursive_latent.optimization import muon_with_adamw
 
 CURRICULUM_FILE = "curriculum.json"
 EMA_FILE = "ema.safetensors"
@@ -72,6 +73,7 @@ class ModelArguments:
         default=True, metadata={"help": "GPT-2 position embeddings; false gives every token position 0's (no positions)."}
     )
     latent_norm: bool = field(default=True, metadata={"help": "LayerNorm the latent every loop."})
+    latent_newton_schulz: bool = field(default=False, metadata={"help": "Orthogonalise the latent every loop (seed 003)."})
     lifeline: bool = field(default=True, metadata={"help": "Re-inject the prompt state every loop."})
     loop_rotary: bool = field(default=False, metadata={"help": "Rotate the latent by the loop index."})
     max_loops: int = field(default=8, metadata={"help": "Most loops a training example may need (hops + 1)."})
@@ -122,6 +124,9 @@ class RecursionArguments:
         default=True, metadata={"help": "Shift GPT-2 positions by a random offset per example in training."}
     )
     grad_loops: int | None = field(default=None, metadata={"help": "Backprop through the last k loops only."})
+    core_optimizer: str = field(
+        default="adamw", metadata={"help": "`adamw`, or `muon` for the core blocks' weight matrices (AdamW for the rest)."}
+    )
     extra_loops: int = field(
         default=0,
         metadata={"help": "Run each training example 0..k extra loops past its <HALT> (drawn per example), labelled "
@@ -348,6 +353,14 @@ class RLFTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.recursion_args, self.data_args, self.curriculum, self.ema = recursion_args, data_args, curriculum, ema
 
+    def create_optimizer(self, model=None):
+        if self.recursion_args.core_optimizer == "muon" and self.optimizer is None:
+            args = self.args
+            self.optimizer = muon_with_adamw(self.model, args.learning_rate, args.weight_decay,
+                                             set(self.get_decay_parameter_names(self.model)),
+                                             betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+        return super().create_optimizer(model)
+
     def averaged_weights(self):
         """The EMA weights in place if the run keeps an EMA, else nothing changes."""
         return self.ema.applied() if self.ema is not None else nullcontext()
@@ -407,7 +420,8 @@ def build_model(model_args, tokenizer):
         core_hidden_size=model_args.core_hidden_size, core_num_heads=model_args.core_num_heads,
         core_num_layers=model_args.core_num_layers, memory=model_args.memory,
         binding_conv=model_args.binding_conv, latent_residual=model_args.latent_residual,
-        backbone_positions=model_args.backbone_positions, latent_norm=model_args.latent_norm, lifeline=model_args.lifeline,
+        backbone_positions=model_args.backbone_positions, latent_norm=model_args.latent_norm,
+        latent_newton_schulz=model_args.latent_newton_schulz, lifeline=model_args.lifeline,
         loop_rotary=model_args.loop_rotary, max_loops=model_args.max_loops,
         max_inference_loops=model_args.max_inference_loops, halt_token_id=tokenizer.convert_tokens_to_ids("<HALT>"),
         halting=model_args.halting, fixed_loops=model_args.fixed_loops, halt_head=model_args.halt_head,
@@ -502,6 +516,8 @@ def main(argv=None):
     check_output_dir(training_args)
     if model_args.halting == "fixed" and not 1 <= model_args.fixed_loops <= model_args.max_loops:
         raise SystemExit(f"error: --fixed_loops must be in 1..max_loops ({model_args.max_loops}), got {model_args.fixed_loops}")
+    if recursion_args.core_optimizer not in ("adamw", "muon"):
+        raise SystemExit(f"error: --core_optimizer must be `adamw` or `muon` (got {recursion_args.core_optimizer!r})")
     if model_args.halting == "head" and not model_args.halt_head:
         raise SystemExit("error: --halting head needs --halt_head true (a halting head to train)")
     longest = data_args.max_hops + 1 + recursion_args.extra_loops
