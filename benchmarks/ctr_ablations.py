@@ -27,6 +27,7 @@ ROWS = {
     "full_grad": ["--grad", "all"],
     "no_ema": ["--ema_decay", "0"],
     "no_latent_norm": ["--latent_norm", "false"],
+    "gated_update": ["--gated_update", "true"],
 }
 
 

@@ -28,6 +28,9 @@ class RecursiveRefinerConfig(PretrainedConfig):
             Feed `r̄` to the latent update (ablation switch).
         latent_norm (`bool`, *optional*, defaults to `True`):
             LayerNorm z after each residual update (the paper's "residual + norm").
+        gated_update (`bool`, *optional*, defaults to `False`):
+            Scale each answer update by 1 - p_halt (p_halt read before the update): once the halting head is sure
+            the answer is right, y stops moving, so extra steps cannot pull it off the target.
         max_steps (`int`, *optional*, defaults to 32):
             `S_max`: most refinement steps at inference (`--ctr.steps`).
         train_steps (`int`, *optional*, defaults to 32):
@@ -55,6 +58,7 @@ class RecursiveRefinerConfig(PretrainedConfig):
         use_query=True,
         use_centroid=True,
         latent_norm=True,
+        gated_update=False,
         max_steps=32,
         train_steps=32,
         halt_threshold=0.88,
@@ -73,6 +77,7 @@ class RecursiveRefinerConfig(PretrainedConfig):
         self.use_query = use_query
         self.use_centroid = use_centroid
         self.latent_norm = latent_norm
+        self.gated_update = gated_update
         self.max_steps = max_steps
         self.train_steps = train_steps
         self.halt_threshold = halt_threshold

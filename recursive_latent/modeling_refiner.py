@@ -127,7 +127,12 @@ class RecursiveRefinerModel(LaneAdaptersMixin, RecursiveRefinerPreTrainedModel, 
         z = z + self.f_lat(torch.cat(inputs, dim=-1))
         if self.z_norm is not None:
             z = self.z_norm(z)
-        y = F.normalize(y + self.f_ans(torch.cat([y, z], dim=-1)), dim=-1)
+        update = self.f_ans(torch.cat([y, z], dim=-1))
+        if self.config.gated_update:
+            # p_halt of the answer as it stands gates its own update: a settled answer stops moving.
+            p_halt = torch.sigmoid(self.halt(torch.cat([z, y, query, lane], dim=-1))).squeeze(-1)
+            return z, F.normalize(y + (1 - p_halt[:, None]) * update, dim=-1), p_halt
+        y = F.normalize(y + update, dim=-1)
         p_halt = torch.sigmoid(self.halt(torch.cat([z, y, query, lane], dim=-1))).squeeze(-1)
         return z, y, p_halt
 

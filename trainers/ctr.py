@@ -48,6 +48,7 @@ class RefinerArguments:
     use_query: bool = field(default=True, metadata={"help": "Feed q to the latent update."})
     use_centroid: bool = field(default=True, metadata={"help": "Feed r̄ to the latent update."})
     latent_norm: bool = field(default=True, metadata={"help": "LayerNorm z after each update."})
+    gated_update: bool = field(default=False, metadata={"help": "Scale each answer update by 1 - p_halt."})
     grad: str = field(default="last", metadata={"help": "`last`: S-1 no-grad steps then 1 with; `all`: full backprop."})
     ema_decay: float | None = field(default=0.999, metadata={"help": "EMA of the weights for eval and saving; 0 = off."})
     train_size: int = field(default=50_000, metadata={"help": "Training examples (fresh, seed = --seed)."})
@@ -131,7 +132,8 @@ def main(argv=None):
 
     config = RecursiveRefinerConfig(
         dim=args.dim, hidden_size=args.hidden_size, lane_names=list(LANES), pool=args.pool, use_query=args.use_query,
-        use_centroid=args.use_centroid, latent_norm=args.latent_norm, max_steps=args.steps,
+        use_centroid=args.use_centroid, latent_norm=args.latent_norm, gated_update=args.gated_update,
+        max_steps=args.steps,
         train_steps=args.train_steps, halt_threshold=args.tau,
         ok_cosine=args.ok_cosine,
     )
