@@ -146,16 +146,18 @@ def depth_sweep_table(path):
 def ctr_table(path):
     r = json.loads(path.read_text())
     depth = next(iter(r["rows"].values()))["train_steps"]
-    lines = [f"### CTR refiner ablations, trained to depth {depth} (held-out cos(y, y*))", "",
-             f"`{path.name}`: {r['max_steps']} training steps per row, seed {r['seed']}.", "",
-             "| row | arguments | pooled y_0 | step 1 | best step | step 16 | step 32 | with halting | mean steps | steps by difficulty quartile | s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"### CTR refiner ablations, {r['max_steps']} training steps, trained to depth {depth} (held-out cos(y, y*))",
+             "", f"`{path.name}` from `python benchmarks/ctr_ablations.py --max_steps {r['max_steps']}`: seed {r['seed']}. "
+             "`largest fall` is the largest drop of the mean cosine from one step to the next, over all 32 steps.", "",
+             "| row | arguments | pooled y_0 | step 1 | best step | step 16 | step 32 | largest fall | with halting | mean steps | steps by difficulty quartile | s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in r["rows"].items():
         c = row["cosine_per_step"]
         best = max(range(len(c)), key=c.__getitem__)
+        largest_fall = max([0.0] + [a - b for a, b in zip(c, c[1:])])
         lines.append(
             f"| {name} | `{' '.join(row['args']) or '-'}` | {row['start_cosine']:.3f} | {c[0]:.3f} | {c[best]:.3f} (s={best + 1}) | "
-            f"{c[15]:.3f} | {c[-1]:.3f} | {row['halted_cosine']:.3f} | {row['mean_steps']:.2f} | "
+            f"{c[15]:.3f} | {c[-1]:.3f} | {largest_fall:.5f} | {row['halted_cosine']:.3f} | {row['mean_steps']:.2f} | "
             f"{' / '.join(f'{s:.1f}' for s in row['steps_by_difficulty_quartile'])} | {row['seconds']:.0f} |")
     return lines
 
@@ -240,7 +242,7 @@ def main():
                 lines += ood_table(docs / name, label) + [""]
     renderers = {"inference_ablations_default.json": ablation_tables, "depth_sweep_default.csv": depth_sweep_table,
                  "throughput_default.json": throughput_tables, "ctr_ablations.json": ctr_table,
-                 "ctr_ablations_train16.json": ctr_table}
+                 "ctr_ablations_steps6000.json": ctr_table, "ctr_ablations_train16.json": ctr_table}
     extra = sorted(docs.glob("inference_ablations_*.json")) + sorted(docs.glob("depth_sweep_*.csv"))
     renderers |= {path.name: ablation_tables if path.suffix == ".json" else depth_sweep_table for path in extra
                   if path.name not in renderers}
