@@ -450,10 +450,17 @@ def build_model(model_args, tokenizer):
     return RecursiveLatentForCausalLM(RecursiveLatentConfig(backbone_config=backbone, **core_kwargs))
 
 
-def load_trained(path):
+def load_trained(path, model_args):
+    """A trained checkpoint to continue from. Switches that only add to it apply: more `--max_loops`, and
+    `--halt_head true` adds a new halting head (the rest of the model keeps its trained weights)."""
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise SystemExit(f"error: --init_from {path} is not a checkpoint directory")
-    return RecursiveLatentForCausalLM.from_pretrained(path)
+    config = RecursiveLatentConfig.from_pretrained(path)
+    config.max_loops = max(config.max_loops, model_args.max_loops)
+    config.halt_head = config.halt_head or model_args.halt_head
+    if model_args.halting != "token":
+        config.halting = model_args.halting
+    return RecursiveLatentForCausalLM.from_pretrained(path, config=config)
 
 
 def add_lane_adapter(model, lane, model_args):
@@ -552,7 +559,7 @@ def main(argv=None):
     training_args.remove_unused_columns = False
     torch.manual_seed(training_args.seed)
     tokenizer = build_tokenizer()
-    model = build_model(model_args, tokenizer) if model_args.init_from is None else load_trained(model_args.init_from)
+    model = build_model(model_args, tokenizer) if model_args.init_from is None else load_trained(model_args.init_from, model_args)
     if data_args.lane != model.config.base_lane:
         add_lane_adapter(model, data_args.lane, model_args)
     train_size = training_args.max_steps * training_args.per_device_train_batch_size * training_args.world_size
