@@ -32,6 +32,7 @@ OOD_RUNS = {
     "ood_hops_ablation_lora.json": ("ablations", "trained ablation: LoRA r8 on the stage-1 LM-pretrained backbone (`--backbone_mode lora`)"),
     "ood_hops_ablation_mamba2_core.json": ("ablations", "trained ablation: Mamba2 block as the core (`--core_block mamba2`)"),
     "ood_hops_halt_head_extra_loops.json": ("depth", "from scratch: halting head + 0-4 extra loops past <HALT>"),
+    "ood_hops_finetune_control.json": ("depth", "default + 2,000 more steps as it was trained (control)"),
     "ood_hops_finetune_extra_loops.json": ("depth", "default + 2,000 steps with a halting head and 0-4 extra loops"),
     "ood_hops_no_positions.json": ("depth", "GPT-2 backbone without position embeddings"),
     "ood_hops_newton_schulz.json": ("depth", "Newton-Schulz orthogonalised latent"),
