@@ -240,7 +240,8 @@ class RecursiveLatentConfig(PretrainedConfig):
         _check_choice("halting", self.halting, HALTING_MODES)
         if self.halting == "head" and not self.halt_head:
             raise ValueError("`halting='head'` needs `halt_head=True` (a halting head to read p_halt from).")
-        for name in ("latent_residual", "backbone_positions", "latent_norm", "latent_newton_schulz", "lifeline", "loop_rotary", "halt_head", "tie_word_embeddings"):
+        for name in ("latent_residual", "backbone_positions", "latent_norm", "latent_newton_schulz", "lifeline",
+                     "loop_rotary", "halt_head", "tie_word_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False (got {getattr(self, name)!r}).")
 
@@ -256,7 +257,8 @@ class RecursiveLatentConfig(PretrainedConfig):
         if self.base_lane in self.lane_adapters or len(set(self.lane_adapters)) != len(self.lane_adapters):
             raise ValueError(f"`lane_adapters` must name distinct lanes other than `base_lane` (got "
                              f"{self.lane_adapters} with base lane {self.base_lane!r}).")
-        if self.latent_newton_schulz and (self.core_design != "latent" or self.core_hidden_size % self.newton_schulz_rows):
+        newton_schulz_fits = self.core_design == "latent" and self.core_hidden_size % self.newton_schulz_rows == 0
+        if self.latent_newton_schulz and not newton_schulz_fits:
             raise ValueError(f"`latent_newton_schulz` needs the latent core design and `newton_schulz_rows` dividing "
                              f"`core_hidden_size` (got {self.core_design!r}, {self.newton_schulz_rows} rows, width "
                              f"{self.core_hidden_size}).")

@@ -636,7 +636,8 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
 
     def without_halt(self, loop_logits):
         """The logits with `<HALT>` ruled out: their argmax is the loop's answer."""
-        return loop_logits.float().index_fill(-1, torch.tensor([self.config.halt_token_id], device=loop_logits.device), float("-inf"))
+        halt = torch.tensor([self.config.halt_token_id], device=loop_logits.device)
+        return loop_logits.float().index_fill(-1, halt, float("-inf"))
 
     def answer_loop(self, loop_predictions):
         """Index of the answer loop: the one before the first `<HALT>`, else the last. (B, L) -> (B,)"""
@@ -688,8 +689,8 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
         if loop_labels is not None and answer_ids is not None:
             loop_answers = self.without_halt(loop_logits)
             answers = answer_ids[:, None].expand_as(loop_labels)
-            if hold_answer:
-                at_halt = loop_labels == self.config.halt_token_id
+            at_halt = loop_labels == self.config.halt_token_id
+            if hold_answer and at_halt.any():
                 loss = loss + F.cross_entropy(loop_answers[at_halt], answers[at_halt])
             if halt_logits is not None:
                 supervised = loop_labels != -100
