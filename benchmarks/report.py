@@ -246,7 +246,8 @@ def main():
                 lines += ood_table(docs / name, label) + [""]
     renderers = {"inference_ablations_default.json": ablation_tables, "depth_sweep_default.csv": depth_sweep_table,
                  "throughput_default.json": throughput_tables, "ctr_ablations.json": ctr_table,
-                 "ctr_ablations_steps6000.json": ctr_table, "ctr_ablations_train16.json": ctr_table}
+                 "ctr_ablations_steps6000.json": ctr_table, "ctr_ablations_train64.json": ctr_table,
+                 "ctr_ablations_train16.json": ctr_table}
     extra = sorted(docs.glob("inference_ablations_*.json")) + sorted(docs.glob("depth_sweep_*.csv"))
     renderers |= {path.name: ablation_tables if path.suffix == ".json" else depth_sweep_table for path in extra
                   if path.name not in renderers}
