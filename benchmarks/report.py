@@ -147,21 +147,30 @@ def depth_sweep_table(path):
     return lines
 
 
+def largest_fall(curve):
+    """The largest drop from one step to the next (0 for a curve that never falls)."""
+    return max([0.0] + [a - b for a, b in zip(curve, curve[1:])])
+
+
 def ctr_table(path):
     r = json.loads(path.read_text())
     depth = next(iter(r["rows"].values()))["train_steps"]
     lines = [f"### CTR refiner ablations, {r['max_steps']} training steps, trained to depth {depth} (held-out cos(y, y*))",
              "", f"`{path.name}` from `python benchmarks/ctr_ablations.py --max_steps {r['max_steps']}`: seed {r['seed']}. "
-             "`largest fall` is the largest drop of the mean cosine from one step to the next, over all 32 steps.", "",
-             "| row | arguments | pooled y_0 | step 1 | best step | step 16 | step 32 | largest fall | with halting | mean steps | steps by difficulty quartile | s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "`largest fall` is the largest drop of the mean cosine from one step to the next, over all 32 steps run "
+             "without halting, then over the per-step trace of `refine()` with halting (a stopped example keeps its "
+             "answer; `-` where the row predates that measure).", "",
+             "| row | arguments | pooled y_0 | step 1 | best step | step 16 | step 32 | largest fall | with halting | "
+             "largest fall, halting trace | mean steps | steps by difficulty quartile | s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in r["rows"].items():
         c = row["cosine_per_step"]
         best = max(range(len(c)), key=c.__getitem__)
-        largest_fall = max([0.0] + [a - b for a, b in zip(c, c[1:])])
+        trace = row.get("trace_cosine_per_step")
+        trace_fall = f"{largest_fall(trace):.5f}" if trace else "-"
         lines.append(
             f"| {name} | `{' '.join(row['args']) or '-'}` | {row['start_cosine']:.3f} | {c[0]:.3f} | {c[best]:.3f} (s={best + 1}) | "
-            f"{c[15]:.3f} | {c[-1]:.3f} | {largest_fall:.5f} | {row['halted_cosine']:.3f} | {row['mean_steps']:.2f} | "
+            f"{c[15]:.3f} | {c[-1]:.3f} | {largest_fall(c):.5f} | {row['halted_cosine']:.3f} | {trace_fall} | {row['mean_steps']:.2f} | "
             f"{' / '.join(f'{s:.1f}' for s in row['steps_by_difficulty_quartile'])} | {row['seconds']:.0f} |")
     return lines
 

@@ -128,6 +128,8 @@ def test_short_training_refines_over_steps_and_halts_sooner_on_easy_examples(tmp
     cosines = test["cosine_per_step"]
     assert test["start_cosine"] < 0.5 < cosines[0] < max(cosines)  # every step helps at first
     assert test["halted_cosine"] > 0.85
+    trace = test["trace_cosine_per_step"]  # refine()'s per-step trace: its last step is every example's answer
+    assert len(trace) <= 8 and abs(trace[-1] - test["halted_cosine"]) < 1e-5
     easy, *_, hard = test["steps_by_difficulty_quartile"]
     assert easy < hard
     model = RecursiveRefinerModel.from_pretrained(out / "final")

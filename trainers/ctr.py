@@ -71,8 +71,9 @@ def collate(examples):
 
 @torch.no_grad()
 def evaluate_refiner(model, data, max_steps=None, threshold=None):
-    """Held-out figures: mean cos(y_s, y*) after every step s of a fixed-depth run, and with halting: mean cos at the
-    stop, mean steps, and mean steps per difficulty quartile."""
+    """Held-out figures: mean cos(y_s, y*) after every step s of a fixed-depth run; with halting (`refine`, as
+    `ctr_refine` runs): mean cos of its per-step trace (a stopped example keeps its answer), mean cos at the stop,
+    mean steps, and mean steps per difficulty quartile."""
     model.eval()
     rows = [data[i] for i in range(len(data))]  # read the dataset once
     batch = collate(rows)
@@ -81,6 +82,7 @@ def evaluate_refiner(model, data, max_steps=None, threshold=None):
     cosine_per_step = F.cosine_similarity(fixed.answers, batch["target"][:, None], dim=-1).mean(0)
     out = model.refine(batch["query"], batch["candidates"], batch["centroid"], batch["lanes"], steps, threshold)
     halted_cosine = F.cosine_similarity(out.answer, batch["target"], dim=-1)
+    trace_cosine_per_step = F.cosine_similarity(out.trace, batch["target"][:, None], dim=-1).mean(0)
     difficulty = torch.stack([row["difficulty"] for row in rows])
     quartiles = torch.quantile(difficulty, torch.tensor([0.25, 0.5, 0.75]))
     bucket = torch.bucketize(difficulty, quartiles)
@@ -88,6 +90,7 @@ def evaluate_refiner(model, data, max_steps=None, threshold=None):
         "cosine_per_step": cosine_per_step.tolist(),
         "start_cosine": F.cosine_similarity(model.pool(batch["query"], batch["candidates"]), batch["target"]).mean().item(),
         "halted_cosine": halted_cosine.mean().item(),
+        "trace_cosine_per_step": trace_cosine_per_step.tolist(),
         "mean_steps": out.steps.float().mean().item(),
         "steps_by_difficulty_quartile": [out.steps[bucket == q].float().mean().item() for q in range(4)],
         "cosine_by_difficulty_quartile": [halted_cosine[bucket == q].mean().item() for q in range(4)],
