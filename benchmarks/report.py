@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OOD_RUNS = {
     "ood_hops_default.json": ("default", "default (GPT-2 backbone, looped latent core, token halting)"),
     "ood_hops_default_on_chain.json": ("default", "default, evaluated on the seed's `chain` format"),
+    "ood_hops_default_no_ema.json": ("default", "default before the EMA switch (no EMA): the config the baselines and "
+                                                "trained ablations change one switch of"),
     "ood_hops_baseline_no_loop.json": ("baselines", "baseline: no loop (one core pass, answer only)"),
     "ood_hops_baseline_fixed_depth.json": ("baselines", "baseline: fixed depth (6 loops, answer only at the last)"),
     "ood_hops_baseline_cot.json": ("baselines", "baseline: token recurrence (GPT-2 LM writes the path as tokens)"),
