@@ -18,14 +18,16 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dataset_scripts.hop_chains import generate_examples
+from dataset_scripts.tokenizer import task_words, word_ids
 
 SWEEP_SEED = 2_000_000  # apart from training (small seeds), validation (10,000+h) and ood_hops (1,000,000+h)
 
 
 @torch.no_grad()
 def sweep(model, tokenizer, hops, loops, n, batch_size, seed):
-    examples = generate_examples(n, hops, variant="shuffled", seed=seed + hops)
-    answers = torch.tensor(tokenizer.convert_tokens_to_ids([e["answer"] for e in examples]))
+    examples = generate_examples(n, hops, variant="shuffled", seed=seed + hops, **task_words(tokenizer))
+    ids = word_ids(tokenizer)
+    answers = torch.tensor([ids[e["answer"]] for e in examples])
     max_loops = max(loops)
     loop_logits = []
     for start in range(0, n, batch_size):

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from dataset_scripts.hop_chains import generate_examples
+from dataset_scripts.tokenizer import task_words
 from recursive_latent import RecursiveLatentForCausalLM
 from recursive_latent.evaluation import evaluate_examples
 
@@ -106,7 +107,8 @@ def main():
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
     model = RecursiveLatentForCausalLM.from_pretrained(args.model).eval()
-    test_sets = {h: generate_examples(args.n, h, variant=args.variant, seed=args.seed + h) for h in args.hops}
+    words = task_words(tokenizer)
+    test_sets = {h: generate_examples(args.n, h, variant=args.variant, seed=args.seed + h, **words) for h in args.hops}
 
     start = time.perf_counter()
     ablation_rows = {name: (ablation, {}) for name, ablation in ABLATIONS.items()}

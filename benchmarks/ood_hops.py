@@ -19,6 +19,7 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dataset_scripts.hop_chains import LANES, generate_examples
+from dataset_scripts.tokenizer import task_words
 from recursive_latent.evaluation import evaluate_examples
 
 DEFAULT_HOPS = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 64]
@@ -48,7 +49,7 @@ def run(model_dir, variant, hops_list, n, batch_size, seed, lane="pointer"):
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True).eval()
     per_hop, speeds = {}, {}
     for hops in hops_list:
-        examples = generate_examples(n, hops, variant=variant, seed=seed + hops, lane=lane)
+        examples = generate_examples(n, hops, variant=variant, seed=seed + hops, lane=lane, **task_words(tokenizer))
         result = evaluate_examples(model, tokenizer, examples, batch_size=batch_size)
         per_hop[hops] = result["per_hop"][hops]
         per_hop[hops]["examples_per_second"] = result["examples_per_second"]

@@ -15,6 +15,7 @@ import torch
 from transformers import AutoTokenizer
 
 from dataset_scripts.hop_chains import generate_examples
+from dataset_scripts.tokenizer import task_words
 from recursive_latent import RecursiveLatentForCausalLM
 
 SEED = 5_000_000
@@ -22,7 +23,7 @@ SEED = 5_000_000
 
 @torch.no_grad()
 def trajectories(model, tokenizer, hops, n, loops, seed):
-    examples = generate_examples(n, hops, seed=seed + hops)
+    examples = generate_examples(n, hops, seed=seed + hops, **task_words(tokenizer))
     inputs = tokenizer([e["prompt"] for e in examples], padding=True, return_tensors="pt")
     return model(**inputs, num_loops=loops).latents  # (n, loops, D): what the head reads after each loop
 

@@ -24,10 +24,14 @@ from dataset_scripts.hop_chains import generate_examples
 from dataset_scripts.tokenizer import build_tokenizer
 from recursive_latent import RecursiveLatentConfig, RecursiveLatentForCausalLM
 
+# The Hub backbones' shapes (their weights cannot be downloaded here), with the core of their configs in
+# trainers/configs/ (gpt2_124m.yaml, mamba2_130m.yaml) and `<HALT>` added to their tokenizers' vocabularies.
 SHAPES = {
-    "gpt2_124m": dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12),
-    "mamba2_130m": dict(model_type="mamba2", vocab_size=50288, hidden_size=768, num_hidden_layers=24, state_size=128,
-                        expand=2, head_dim=64, num_heads=24, n_groups=1, chunk_size=256),
+    "gpt2_124m": (dict(model_type="gpt2", vocab_size=50258, n_positions=1024, n_embd=768, n_layer=12, n_head=12),
+                  dict(core_hidden_size=256, memory="all", binding_conv="memory")),
+    "mamba2_130m": (dict(model_type="mamba2", vocab_size=50288, hidden_size=768, num_hidden_layers=24, state_size=128,
+                         expand=2, head_dim=64, num_heads=24, n_groups=1, chunk_size=256),
+                    dict(core_hidden_size=256, memory="last", binding_conv="memory")),
 }
 
 
@@ -100,8 +104,9 @@ def main():
 
     results = {"model": args.model, "threads": torch.get_num_threads(), "parameters": {}, "loops": [], "batch": []}
     results["parameters"]["tiny_gpt2"] = parameter_counts(load(args.model))
-    for name, backbone in SHAPES.items():
-        config = RecursiveLatentConfig(backbone_config=dict(backbone, bos_token_id=None, eos_token_id=None), halt_token_id=2)
+    for name, (backbone, core) in SHAPES.items():
+        config = RecursiveLatentConfig(backbone_config=dict(backbone, bos_token_id=None, eos_token_id=None), halt_token_id=2,
+                                       **core)
         results["parameters"][name] = parameter_counts(RecursiveLatentForCausalLM(config))
     points = [("loops", loops, args.batch_size) for loops in args.loops]
     points += [("batch", args.loops_for_batch_sweep, batch) for batch in args.batch_sizes]

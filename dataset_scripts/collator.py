@@ -5,6 +5,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from dataset_scripts.tokenizer import word_ids
+
 IGNORE_INDEX = -100
 
 
@@ -18,7 +20,7 @@ class LoopLabelCollator:
     and ``hops`` of shape ``[batch]``, and ``lanes``, each example's task lane (a list of names).
 
     Args:
-        tokenizer: the tokenizer from :func:`dataset_scripts.tokenizer.build_tokenizer`.
+        tokenizer: the task tokenizer (:func:`dataset_scripts.tokenizer.load_tokenizer`).
         max_loops: fixed number of loops; by default the longest ``loop_targets`` in the batch.
         answer_only_loops: supervise only the answer, at this loop (fixed-depth training without halting);
             every other loop is ``IGNORE_INDEX``.
@@ -28,9 +30,18 @@ class LoopLabelCollator:
     max_loops: int | None = None
     answer_only_loops: int | None = None
 
+    def __post_init__(self):
+        self.ids_by_word = word_ids(self.tokenizer)
+
+    def target_ids(self, words):
+        missing = [word for word in words if word not in self.ids_by_word]
+        if missing:
+            raise ValueError(f"targets {missing} are not single tokens of this tokenizer (see `task_words`)")
+        return [self.ids_by_word[word] for word in words]
+
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         batch = self.tokenizer([example["prompt"] for example in examples], padding=True, return_tensors="pt")
-        answers = torch.tensor(self.tokenizer.convert_tokens_to_ids([example["answer"] for example in examples]))
+        answers = torch.tensor(self.target_ids([example["answer"] for example in examples]))
         if self.answer_only_loops is not None:
             loop_labels = torch.full((len(examples), self.answer_only_loops), IGNORE_INDEX, dtype=torch.long)
             loop_labels[:, -1] = answers
@@ -43,9 +54,7 @@ class LoopLabelCollator:
 
         loop_labels = torch.full((len(examples), num_loops), IGNORE_INDEX, dtype=torch.long)
         for row, example in enumerate(examples):
-            target_ids = self.tokenizer.convert_tokens_to_ids(example["loop_targets"])
-            if self.tokenizer.unk_token_id in target_ids:
-                raise ValueError(f"loop_targets {example['loop_targets']} contain a token outside the vocabulary")
+            target_ids = self.target_ids(example["loop_targets"])
             loop_labels[row, : len(target_ids)] = torch.tensor(target_ids, dtype=torch.long)
         return self.finish(batch, loop_labels, answers, examples)
 

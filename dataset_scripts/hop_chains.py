@@ -66,15 +66,15 @@ FEATURES = Features(
 )
 
 
-def _check_hops(hops, extra_names: int = 0) -> None:
+def _check_hops(hops, extra_names: int = 0, names: Sequence[str] = VARIABLE_NAMES) -> None:
     """Raise if ``hops`` is not a positive int or the prompt would need too many names."""
     if not isinstance(hops, int) or isinstance(hops, bool) or hops < 1:
         raise ValueError(f"hops must be an integer >= 1, got {hops!r}")
-    if hops + extra_names > len(VARIABLE_NAMES):
+    if hops + extra_names > len(names):
         raise ValueError(
             f"hops={hops} is too large: the prompt needs up to {hops + extra_names} distinct variable "
             f"names ({hops} for the answer chain, {extra_names} for distractors) but only "
-            f"{len(VARIABLE_NAMES)} exist"
+            f"{len(names)} exist"
         )
 
 
@@ -95,7 +95,7 @@ def _as_range(name: str, value, minimum: int) -> tuple[int, int]:
     return low, high
 
 
-def _check_pointer_args(hops, variant, num_distractors, distractor_hops, values):
+def _check_pointer_args(hops, variant, num_distractors, distractor_hops, values, names):
     """Validate the pointer-lane options and return the distractor count and length ranges.
 
     Limits are checked against the largest prompt the ranges allow, so a bad
@@ -109,13 +109,13 @@ def _check_pointer_args(hops, variant, num_distractors, distractor_hops, values)
         count_range = _as_range("num_distractors", num_distractors, minimum=0)
         length_range = _as_range("distractor_hops", distractor_hops, minimum=1)
     max_distractor_names = count_range[1] * length_range[1]
-    if max_distractor_names >= len(VARIABLE_NAMES):
+    if max_distractor_names >= len(names):
         raise ValueError(
             f"num_distractors={num_distractors!r} with distractor_hops={distractor_hops!r} needs up to "
-            f"{max_distractor_names} distractor names but only {len(VARIABLE_NAMES) - 1} are left "
+            f"{max_distractor_names} distractor names but only {len(names) - 1} are left "
             "once the answer chain has a name"
         )
-    _check_hops(hops, extra_names=max_distractor_names)
+    _check_hops(hops, extra_names=max_distractor_names, names=names)
     if len(set(values)) < count_range[1] + 1:
         raise ValueError(
             f"values has {len(set(values))} distinct words but up to {count_range[1] + 1} are needed "
@@ -131,6 +131,7 @@ def make_example(
     num_distractors=(1, 3),
     distractor_hops=(1, 5),
     values: Sequence[str] = TRAIN_VALUE_WORDS,
+    names: Sequence[str] = VARIABLE_NAMES,
 ) -> dict:
     """Draw one pointer-lane example whose query resolves after ``hops`` lookups.
 
@@ -142,17 +143,19 @@ def make_example(
             Ignored by the ``chain`` variant, as is ``distractor_hops``.
         distractor_hops: length of each distractor chain, an int or inclusive ``(lo, hi)``.
         values: pool of value words; every chain in a prompt gets a different one.
+        names: pool of variable names (a pretrained tokenizer's one-token names, see
+            :func:`dataset_scripts.tokenizer.task_words`).
 
     Returns:
         A dict with ``prompt``, ``answer``, ``hops``, ``path``, ``loop_targets``,
         ``variant`` and ``lane``.
     """
     (min_count, max_count), (min_length, max_length) = _check_pointer_args(
-        hops, variant, num_distractors, distractor_hops, values
+        hops, variant, num_distractors, distractor_hops, values, names
     )
     num_chains = 1 + rng.randint(min_count, max_count)
     lengths = [hops] + [rng.randint(min_length, max_length) for _ in range(num_chains - 1)]
-    names = rng.sample(VARIABLE_NAMES, sum(lengths))
+    names = rng.sample(names, sum(lengths))
     words = rng.sample(values, num_chains)
 
     # Chain i uses the next lengths[i] names: the first holds the word, each later one the previous name.
@@ -180,7 +183,7 @@ def make_example(
     }
 
 
-def make_arith_example(rng: random.Random, hops: int) -> dict:
+def make_arith_example(rng: random.Random, hops: int, names: Sequence[str] = VARIABLE_NAMES) -> dict:
     """Draw one arithmetic-lane example: a chain of ``hops`` statements mod 10.
 
     The first statement assigns a digit, each later one applies ``+``, ``-`` or
@@ -188,8 +191,8 @@ def make_arith_example(rng: random.Random, hops: int) -> dict:
     each statement in order, so ``path[-1]`` is the answer. Multiplication never
     uses 0, which would make the answer independent of the earlier hops.
     """
-    _check_hops(hops)
-    names = rng.sample(VARIABLE_NAMES, hops)
+    _check_hops(hops, names=names)
+    names = rng.sample(names, hops)
     value = rng.randrange(10)
     statements = [f"{names[0]} = {value}."]
     path = [str(value)]
@@ -226,7 +229,8 @@ def generate_examples(
         variant: pointer-lane variant, see :func:`make_example` (the arith lane is always a chain).
         seed: seed of the ``random.Random`` driving generation.
         lane: ``"pointer"`` (:func:`make_example`) or ``"arith"`` (:func:`make_arith_example`).
-        **kwargs: forwarded to :func:`make_example` (``num_distractors``, ``distractor_hops``, ``values``).
+        **kwargs: forwarded to :func:`make_example` (``num_distractors``, ``distractor_hops``, ``values``,
+            ``names``); the arith lane takes ``names`` and ignores ``values``.
     """
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be an integer >= 0, got {n!r}")
@@ -237,11 +241,15 @@ def generate_examples(
         raise ValueError(f"hops must be an int or a non-empty sequence of ints, got {hops!r}")
 
     if lane == "arith":
-        if kwargs:
-            raise ValueError(f"the arith lane takes no extra options, got {sorted(kwargs)}")
+        # Its values are digits, so a `values` pool does not apply (like `variant`, it is ignored).
+        options = {key: value for key, value in kwargs.items() if key != "values"}
+        if set(options) - {"names"}:
+            raise ValueError(f"the arith lane takes only `names`, got {sorted(options)}")
         for choice in set(hop_choices):
-            _check_hops(choice)
-        make = make_arith_example
+            _check_hops(choice, **options)
+
+        def make(rng, hop):
+            return make_arith_example(rng, hop, **options)
     else:
         # Validate every hop count up front, not only those that happen to be drawn.
         for choice in set(hop_choices):

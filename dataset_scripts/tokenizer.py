@@ -6,12 +6,16 @@ so a prompt such as ``A = dog. B = A. What is B?\\nAnswer:`` becomes
 ``<HALT>``) are therefore single token ids, which is what the loop supervision
 needs. Decoding joins tokens with spaces, so ``decode(encode(prompt))`` equals
 the prompt up to whitespace.
+
+A pretrained backbone brings its own tokenizer (:func:`load_tokenizer`). There a word is
+a loop target only if it is one token after a space (GPT-2: `` dog`` is, `` giraffe``
+is not); :func:`task_words` finds those words and the data is drawn from them alone.
 """
 
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from dataset_scripts.words import VALUE_WORDS, VARIABLE_NAMES
+from dataset_scripts.words import TRAIN_VALUE_WORDS, VALUE_WORDS, VARIABLE_NAMES
 
 PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
@@ -63,3 +67,37 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         model_input_names=["input_ids", "attention_mask"],
         clean_up_tokenization_spaces=False,
     )
+
+
+def load_tokenizer(name_or_path=None):
+    """The task tokenizer: the word-level one by default, or a pretrained backbone's own tokenizer (a Hub id or a
+    local directory) with ``<HALT>`` added, a pad token (its EOS if it has none) and left padding."""
+    if name_or_path is None:
+        return build_tokenizer()
+    # Left padding (saved with the tokenizer): the latent starts from each prompt's last position.
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, padding_side="left")
+    tokenizer.add_tokens([AddedToken(HALT_TOKEN, special=False, normalized=False)])
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def word_ids(tokenizer) -> dict[str, int]:
+    """Token id of every name, value word, digit and ``<HALT>`` that is exactly one token where prompts put it
+    (after a space); words the tokenizer splits are left out. The word-level tokenizer keeps every word."""
+    ids = {HALT_TOKEN: tokenizer.convert_tokens_to_ids(HALT_TOKEN)}
+    words = VARIABLE_NAMES + VALUE_WORDS + DIGITS
+    for word, pieces in zip(words, tokenizer([" " + word for word in words], add_special_tokens=False)["input_ids"]):
+        if len(pieces) == 1 and pieces[0] != tokenizer.unk_token_id:
+            ids[word] = pieces[0]
+    return ids
+
+
+def task_words(tokenizer, values=TRAIN_VALUE_WORDS) -> dict[str, tuple[str, ...]]:
+    """The ``names`` and ``values`` pools a tokenizer can supervise, as ``generate_examples`` takes them: the full
+    pools for the word-level tokenizer (so its data is unchanged), the one-token words for a pretrained one."""
+    ids = word_ids(tokenizer)
+    return {
+        "names": tuple(word for word in VARIABLE_NAMES if word in ids),
+        "values": tuple(word for word in values if word in ids),
+    }

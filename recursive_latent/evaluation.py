@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import torch
 from tqdm.auto import tqdm
 
+from dataset_scripts.tokenizer import word_ids
+
 
 def wilson_interval(successes, total, z=1.96):
     """95% Wilson score interval of a binomial proportion (stays inside [0, 1], sane at 0% and 100%)."""
@@ -67,12 +69,18 @@ def evaluate_examples(model, tokenizer, examples, batch_size=256, max_loops=None
     """
     counts = defaultdict(lambda: defaultdict(int))
     predictions = []
+    # Predicted ids as the task's words (a pretrained tokenizer's ` dog` is the word `dog`); other ids as tokens.
+    words_by_id = {token_id: word for word, token_id in word_ids(tokenizer).items()}
+
+    def as_words(ids):
+        return [words_by_id.get(token_id) or tokenizer.convert_ids_to_tokens(token_id) for token_id in ids]
+
     start = time.perf_counter()
     for chunk, out in reason_batches(model, tokenizer, examples, batch_size, max_loops, progress, **reason_kwargs):
-        answers = tokenizer.convert_ids_to_tokens(out.answer_ids.tolist())
+        answers = as_words(out.answer_ids.tolist())
         for row, example in enumerate(chunk):
             hops, loops = example["hops"], int(out.loops[row])
-            trace = tokenizer.convert_ids_to_tokens(out.trace_ids[row, :loops].tolist())
+            trace = as_words(out.trace_ids[row, :loops].tolist())
             stats = counts[hops]
             stats["n"] += 1
             stats["answer"] += answers[row] == example["answer"]

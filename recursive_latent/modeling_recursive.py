@@ -602,15 +602,22 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
         self.generation_config.do_sample = False
 
     @classmethod
-    def from_backbone(cls, backbone_name_or_path, **config_kwargs):
+    def from_backbone(cls, backbone_name_or_path, vocab_size=None, **config_kwargs):
         """Build a model around pretrained backbone weights: a Hub id (`openai-community/gpt2`,
-        `state-spaces/mamba2-130m`) or a local directory saved in the plain transformers format."""
+        `AntonV/mamba2-130m-hf`) or a local directory saved in the plain transformers format. `vocab_size`
+        grows the embeddings to a tokenizer with added tokens (`<HALT>`); they never shrink."""
         backbone = AutoModel.from_pretrained(backbone_name_or_path)
+        if vocab_size is not None and vocab_size > backbone.get_input_embeddings().num_embeddings:
+            backbone.resize_token_embeddings(vocab_size)
         config = RecursiveLatentConfig(
             backbone_config=backbone.config, backbone_name_or_path=str(backbone_name_or_path), **config_kwargs
         )
         model = cls(config)
         model.model.backbone.load_state_dict(backbone.state_dict())
+        if config.binding_conv == "embeddings":
+            # Start the conv at the identity, so the pretrained backbone first reads its own embeddings unchanged.
+            nn.init.zeros_(model.model.binding.conv.weight)
+            nn.init.zeros_(model.model.binding.conv.bias)
         return model
 
     @property

@@ -52,3 +52,34 @@ def batch():
     loop_labels = torch.randint(3, 100, (3, 4), generator=generator)
     loop_labels[0, 3] = -100
     return input_ids, attention_mask, loop_labels
+
+
+def save_pretrained_backbone(path, backbone="gpt2"):
+    """A stand-in for a Hub backbone such as `openai-community/gpt2`: a tiny plain-transformers model and a
+    byte-level BPE tokenizer trained on task prompts, too small to make every two-letter name one token."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2Model, Mamba2Config, Mamba2Model, PreTrainedTokenizerFast
+
+    from dataset_scripts.hop_chains import generate_examples
+    from dataset_scripts.words import TRAIN_VALUE_WORDS
+
+    # Task prompts, plus half the value words often enough to become tokens; the other half mostly stay split.
+    text = [example["prompt"] for example in generate_examples(2000, hops=[1, 2, 3, 4, 5], seed=0)]
+    text += [" " + " ".join(TRAIN_VALUE_WORDS[::2])] * 50
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(text, vocab_size=900, special_tokens=["<|endoftext|>"], show_progress=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
+    tokenizer.save_pretrained(path)
+    spec = dict(BACKBONES[backbone], vocab_size=len(tokenizer), pad_token_id=None)
+    spec.pop("model_type")
+    torch.manual_seed(0)
+    plain = GPT2Model(GPT2Config(**dict(spec, n_positions=512))) if backbone == "gpt2" else Mamba2Model(Mamba2Config(**spec))
+    plain.save_pretrained(path)
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def pretrained_gpt2_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pretrained_gpt2")
+    save_pretrained_backbone(path, "gpt2")
+    return path

@@ -16,7 +16,7 @@ from dataset_scripts.hop_chains import (
     make_arith_example,
     make_example,
 )
-from dataset_scripts.tokenizer import HALT_TOKEN, build_tokenizer
+from dataset_scripts.tokenizer import DIGITS, HALT_TOKEN, build_tokenizer, load_tokenizer, task_words, word_ids
 from dataset_scripts.words import (
     HELDOUT_VALUE_WORDS,
     TRAIN_VALUE_WORDS,
@@ -195,7 +195,7 @@ def test_make_example_rejects_bad_arguments(kwargs, match):
         ((5, [1, 0]), {}, r"hops must be an integer >= 1, got 0"),
         ((5, 3), {"variant": "loop"}, r"variant must be one of"),
         ((5, 3), {"lane": "logic"}, r"lane must be one of .*got 'logic'"),
-        ((5, 3), {"lane": "arith", "num_distractors": 2}, r"arith lane takes no extra options"),
+        ((5, 3), {"lane": "arith", "num_distractors": 2}, r"arith lane takes only `names`"),
         ((5, 0), {"lane": "arith"}, r"hops must be an integer >= 1, got 0"),
     ],
 )
@@ -370,3 +370,38 @@ def test_cli_writes_dataset_and_tokenizer(tmp_path, capsys):
     assert dataset["train"].num_rows == 100 and "ood_hops_64" in dataset
     reloaded = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
     assert reloaded(dataset["train"]["prompt"][0])["input_ids"][-1] == reloaded.convert_tokens_to_ids(":")
+
+
+# --- pretrained tokenizers: only one-token words are supervised -------------------------------
+
+
+def test_the_word_level_tokenizer_supervises_every_word(tokenizer):
+    words = VARIABLE_NAMES + VALUE_WORDS + DIGITS + (HALT_TOKEN,)
+    assert word_ids(tokenizer) == dict(zip(words, tokenizer.convert_tokens_to_ids(list(words))))
+    # The full pools, in order: the default run's data is what it was before pools existed.
+    assert task_words(tokenizer) == {"names": VARIABLE_NAMES, "values": TRAIN_VALUE_WORDS}
+    assert generate_examples(20, hops=3, seed=4, **task_words(tokenizer)) == generate_examples(20, hops=3, seed=4)
+
+
+def test_a_pretrained_tokenizer_supervises_only_its_one_token_words(pretrained_gpt2_dir):
+    tokenizer = load_tokenizer(pretrained_gpt2_dir)
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token == tokenizer.eos_token
+    assert tokenizer.convert_tokens_to_ids(HALT_TOKEN) == len(tokenizer) - 1  # added after the BPE vocabulary
+    words = task_words(tokenizer)
+    assert 26 <= len(words["names"]) < len(VARIABLE_NAMES)
+    assert 10 <= len(words["values"]) < len(TRAIN_VALUE_WORDS)
+    for word in words["names"] + words["values"]:
+        assert len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1
+
+    examples = generate_examples(40, hops=[1, 5], seed=1, **words)
+    batch = LoopLabelCollator(tokenizer)(examples)
+    for row, example in enumerate(examples):
+        prompt_ids = tokenizer(example["prompt"])["input_ids"]
+        labels = [label for label in batch["loop_labels"][row].tolist() if label != IGNORE_INDEX]
+        # Every supervised word is the very token the prompt holds it as; the last target is <HALT>.
+        assert set(labels[:-1]) <= set(prompt_ids) and labels[-1] == tokenizer.convert_tokens_to_ids(HALT_TOKEN)
+        assert batch["answer_ids"][row].item() == labels[-2]
+
+    split_name = next(name for name in VARIABLE_NAMES if name not in words["names"])
+    with pytest.raises(ValueError, match=f"targets \\['{split_name}'\\] are not single tokens"):
+        LoopLabelCollator(tokenizer)([{**examples[0], "loop_targets": [split_name, HALT_TOKEN]}])

@@ -151,3 +151,38 @@ def test_ema_weights_are_evaluated_and_saved_while_checkpoints_keep_the_raw_weig
     for key in ema:
         torch.testing.assert_close(final[key], ema[key])
     assert any(not torch.allclose(raw[key], ema[key]) for key in ema)
+
+
+@pytest.mark.parametrize("config, backbone", [("gpt2_124m", "gpt2"), ("mamba2_130m", "mamba2")])
+def test_pretrained_backbone_config_trains_on_a_local_stand_in(tmp_path, config, backbone):
+    """The configs for Hub backbones (GPT-2 124M, Mamba2-130m), run for a few steps on a tiny local backbone of the
+    same kind with its own BPE tokenizer: `<HALT>` is added, the frozen backbone keeps its weights under LoRA."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    from dataset_scripts.hop_chains import generate_examples
+    from dataset_scripts.tokenizer import task_words
+    from tests.conftest import save_pretrained_backbone
+
+    base_vocab = len(save_pretrained_backbone(tmp_path / "backbone", backbone))
+    out = tmp_path / "run"
+    overrides = ["--backbone_name_or_path", str(tmp_path / "backbone"), "--output_dir", str(out), "--max_steps", "8",
+                 "--per_device_train_batch_size", "8", "--core_hidden_size", "32", "--eval_steps", "4",
+                 "--save_steps", "4", "--eval_size", "8", "--eval_hops", "1", "2", "--logging_steps", "2",
+                 "--bf16", "false", "--use_cpu", "true", "--dataloader_num_workers", "0"]
+    command = [sys.executable, str(ROOT / "trainers" / "rlf.py"), "--config", str(ROOT / "trainers" / "configs" / f"{config}.yaml")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command + overrides, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    model = AutoModelForCausalLM.from_pretrained(out / "final", trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(out / "final")
+    assert model.config.backbone_mode == "lora" and model.config.backbone_name_or_path == str(tmp_path / "backbone")
+    assert model.get_input_embeddings().num_embeddings == len(tokenizer) == base_vocab + 1
+    assert model.config.halt_token_id == tokenizer.convert_tokens_to_ids("<HALT>") == base_vocab
+    assert tokenizer.padding_side == "left"
+    pretrained = AutoModel.from_pretrained(tmp_path / "backbone").get_input_embeddings().weight
+    torch.testing.assert_close(model.get_input_embeddings().weight[:base_vocab], pretrained)
+
+    examples = generate_examples(4, hops=2, seed=0, **task_words(tokenizer))
+    inputs = tokenizer([example["prompt"] for example in examples], padding=True, return_tensors="pt")
+    assert model.reason(**inputs).answer_ids.shape == (4,)

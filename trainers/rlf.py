@@ -30,7 +30,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from dataset_scripts.collator import LoopLabelCollator
 from dataset_scripts.hop_chains import LANES, generate_examples, make_arith_example, make_example
-from dataset_scripts.tokenizer import build_tokenizer
+from dataset_scripts.tokenizer import load_tokenizer, task_words
 from model_cards.generate import write_model_card
 from recursive_latent import RecursiveLatentConfig, RecursiveLatentForCausalLM
 from recursive_latent.evaluation import evaluate_examples
@@ -175,13 +175,15 @@ def parse_arguments(argv=None):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def distractor_kwargs(data_args):
-    """The `shuffled` variant's distractor settings, as `make_example` / `generate_examples` take them."""
+def example_kwargs(data_args, words):
+    """Options for `make_example` / `generate_examples`: the `shuffled` variant's distractor settings and the
+    tokenizer's name and value pools (`words`, from `task_words`)."""
     if data_args.lane == "arith":
-        return {}
+        return {"names": words["names"]}
     return dict(
         num_distractors=(data_args.min_distractors, data_args.max_distractors),
         distractor_hops=(data_args.min_distractor_hops, data_args.max_distractor_hops),
+        **words,
     )
 
 
@@ -189,9 +191,9 @@ class HopChainStream(torch.utils.data.Dataset):
     """Fresh training examples made on the fly: example `i` depends only on (seed, i, current max hops), so a
     resumed run sees the same data in the same order. `max_hops` is raised by the curriculum."""
 
-    def __init__(self, data_args, size, seed, max_hops, fixed_hops=None, extra_loops=0):
+    def __init__(self, data_args, words, size, seed, max_hops, fixed_hops=None, extra_loops=0):
         self.data_args, self.size, self.seed, self.max_hops, self.fixed_hops = data_args, size, seed, max_hops, fixed_hops
-        self.extra_loops = extra_loops
+        self.options, self.extra_loops = example_kwargs(data_args, words), extra_loops
 
     def __len__(self):
         return self.size
@@ -201,9 +203,9 @@ class HopChainStream(torch.utils.data.Dataset):
         rng = random.Random(self.seed * 1_000_003 + index)
         hops = self.fixed_hops or rng.randint(args.min_hops, self.max_hops)
         if args.lane == "arith":
-            example = make_arith_example(rng, hops)
+            example = make_arith_example(rng, hops, **self.options)
         else:
-            example = make_example(rng, hops, variant=args.variant, **distractor_kwargs(args))
+            example = make_example(rng, hops, variant=args.variant, **self.options)
         if self.extra_loops:
             example["loop_targets"] = example["loop_targets"] + ["<HALT>"] * rng.randint(0, self.extra_loops)
         return example
@@ -220,13 +222,13 @@ def lm_collator(tokenizer):
     return collate
 
 
-def validation_examples(data_args):
+def validation_examples(data_args, words):
     """Fresh prompts per eval hop count. Their seeds (10,000 + hops) differ from every training stream's seed;
     the benchmarks use other seeds again."""
     examples = []
     for hops in data_args.eval_hops:
         examples += generate_examples(data_args.eval_size, hops, variant=data_args.variant, seed=10_000 + hops,
-                                      lane=data_args.lane, **distractor_kwargs(data_args))
+                                      lane=data_args.lane, **example_kwargs(data_args, words))
     return examples
 
 
@@ -428,7 +430,9 @@ def build_model(model_args, tokenizer):
         halt_threshold=model_args.halt_threshold,
     )
     if model_args.backbone_name_or_path:
-        return RecursiveLatentForCausalLM.from_backbone(model_args.backbone_name_or_path, **core_kwargs)
+        return RecursiveLatentForCausalLM.from_backbone(
+            model_args.backbone_name_or_path, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **core_kwargs
+        )
     special = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=None, eos_token_id=tokenizer.eos_token_id)
     # Fan-in init: the backbones' default std 0.02 is tuned for width 768 and gives a 64-wide LM flat logits.
     special["initializer_range"] = model_args.backbone_hidden_size**-0.5
@@ -475,10 +479,11 @@ def add_lane_adapter(model, lane, model_args):
 
 
 def add_lora(model, model_args):
-    """PEFT LoRA adapters on the frozen backbone's attention/mixer and MLP projections."""
+    """PEFT LoRA adapters on the frozen backbone's attention and MLP projections (GPT-2) or mixer input projection
+    (Mamba2: PEFT refuses `out_proj` there, which mamba-ssm's fused kernels bypass)."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    targets = ["c_attn", "c_proj", "c_fc"] if model.config.backbone_type == "gpt2" else ["in_proj", "out_proj"]
+    targets = ["c_attn", "c_proj", "c_fc"] if model.config.backbone_type == "gpt2" else ["in_proj"]
     lora = LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, target_modules=targets)
     inject_adapter_in_model(lora, model.model.backbone)
 
@@ -558,7 +563,9 @@ def main(argv=None):
     # Batches carry prompts and loop targets, not just forward() arguments: keep every column.
     training_args.remove_unused_columns = False
     torch.manual_seed(training_args.seed)
-    tokenizer = build_tokenizer()
+    # The word-level tokenizer, or the pretrained backbone's (or the checkpoint's) own with `<HALT>` added.
+    tokenizer = load_tokenizer(model_args.init_from or model_args.backbone_name_or_path)
+    words = task_words(tokenizer)
     model = build_model(model_args, tokenizer) if model_args.init_from is None else load_trained(model_args.init_from, model_args)
     if data_args.lane != model.config.base_lane:
         add_lane_adapter(model, data_args.lane, model_args)
@@ -578,7 +585,7 @@ def main(argv=None):
         stage1_args.max_steps, stage1_args.learning_rate = recursion_args.pretrain_steps, recursion_args.pretrain_learning_rate
         stage1_args.save_strategy, stage1_args.eval_strategy, stage1_args.report_to = "no", "no", []
         stage1_args.load_best_model_at_end = False
-        stage1_data = HopChainStream(data_args, recursion_args.pretrain_steps * training_args.per_device_train_batch_size
+        stage1_data = HopChainStream(data_args, words, recursion_args.pretrain_steps * training_args.per_device_train_batch_size
                                      * training_args.world_size, seed=training_args.seed + 1, max_hops=1,
                                      fixed_hops=recursion_args.pretrain_hops)
         BackboneLMTrainer(model=model, args=stage1_args, train_dataset=stage1_data, data_collator=lm_collator(tokenizer),
@@ -590,7 +597,7 @@ def main(argv=None):
         add_lora(model, model_args)
 
     start_hops = recursion_args.curriculum_start_hops if recursion_args.curriculum else data_args.max_hops
-    train_data = HopChainStream(data_args, train_size, seed=training_args.seed, max_hops=min(start_hops, data_args.max_hops),
+    train_data = HopChainStream(data_args, words, train_size, seed=training_args.seed, max_hops=min(start_hops, data_args.max_hops),
                                 extra_loops=recursion_args.extra_loops)
     curriculum = CurriculumCallback(train_data, recursion_args, data_args.max_hops) if recursion_args.curriculum else None
     callbacks = [curriculum] if curriculum else []
@@ -618,7 +625,7 @@ def main(argv=None):
     # Fixed-depth training (Ouro/Huginn): no path targets, no <HALT>, only the answer at the last loop.
     fixed_loops = model.config.fixed_loops if model.config.halting == "fixed" else None
     trainer = RLFTrainer(
-        model=model, args=training_args, train_dataset=train_data, eval_dataset=validation_examples(data_args),
+        model=model, args=training_args, train_dataset=train_data, eval_dataset=validation_examples(data_args, words),
         processing_class=tokenizer,
         data_collator=LoopLabelCollator(tokenizer, answer_only_loops=fixed_loops), callbacks=callbacks,
         recursion_args=recursion_args,

@@ -23,7 +23,7 @@ from rlf import (  # noqa: E402  (trainers/ is a folder of scripts)
     CurriculumCallback, HopChainStream, RLFTrainer, check_output_dir, parse_arguments, validation_examples,
 )
 
-from dataset_scripts.tokenizer import HALT_TOKEN, build_tokenizer  # noqa: E402
+from dataset_scripts.tokenizer import HALT_TOKEN, build_tokenizer, task_words  # noqa: E402
 
 
 def path_text_collator(tokenizer):
@@ -85,11 +85,12 @@ def main(argv=None):
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = halt_id, tokenizer.pad_token_id
     start_hops = recursion_args.curriculum_start_hops if recursion_args.curriculum else data_args.max_hops
     train_size = training_args.max_steps * training_args.per_device_train_batch_size * training_args.world_size
-    train_data = HopChainStream(data_args, train_size, seed=training_args.seed, max_hops=min(start_hops, data_args.max_hops))
+    words = task_words(tokenizer)
+    train_data = HopChainStream(data_args, words, train_size, seed=training_args.seed, max_hops=min(start_hops, data_args.max_hops))
     curriculum = CurriculumCallback(train_data, recursion_args, data_args.max_hops) if recursion_args.curriculum else None
     print(f"[model] GPT-2 LM, {sum(p.numel() for p in model.parameters()):,} parameters, all trained")
     trainer = TokenRecurrenceTrainer(
-        model=model, args=training_args, train_dataset=train_data, eval_dataset=validation_examples(data_args),
+        model=model, args=training_args, train_dataset=train_data, eval_dataset=validation_examples(data_args, words),
         processing_class=tokenizer, data_collator=path_text_collator(tokenizer),
         callbacks=[curriculum] if curriculum else [], recursion_args=recursion_args, data_args=data_args,
         curriculum=curriculum,
