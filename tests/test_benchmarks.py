@@ -56,3 +56,19 @@ def test_inference_ablations_and_report_render_the_measured_numbers(tmp_path):
     summary = readme.read_text()
     assert "stale" not in summary and summary.endswith("<!-- results:end -->\nafter\n")
     assert f"| answer exact match % | {100 * ood['per_hop']['1']['answer_exact_match']:.1f} |" in summary
+
+
+def test_tokenizer_coverage_counts_the_words_a_tokenizer_keeps_whole(tmp_path, pretrained_gpt2_dir):
+    from dataset_scripts.tokenizer import build_tokenizer
+
+    build_tokenizer().save_pretrained(tmp_path / "word_level")
+    figures = {}
+    for name, path in (("word_level", tmp_path / "word_level"), ("bpe", pretrained_gpt2_dir)):
+        command = [sys.executable, str(ROOT / "benchmarks" / "tokenizer_coverage.py"), "--tokenizer", str(path)]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert result.returncode == 0, result.stderr[-3000:]
+        figures[name] = json.loads(result.stdout)
+    word_level, bpe = figures["word_level"], figures["bpe"]
+    assert word_level["names"] == {"one_token": 702, "total": 702, "split": []}
+    assert word_level["train_values"]["one_token"] == 220 and word_level["digits"]["one_token"] == 10
+    assert 0 < bpe["names"]["one_token"] < 702 and len(bpe["names"]["split"]) == 702 - bpe["names"]["one_token"]
