@@ -74,8 +74,9 @@ def load_tokenizer(name_or_path=None):
     local directory) with ``<HALT>`` added, a pad token (its EOS if it has none) and left padding."""
     if name_or_path is None:
         return build_tokenizer()
-    # Left padding (saved with the tokenizer): the latent starts from each prompt's last position.
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, padding_side="left")
+    # Saved with the tokenizer: left padding (the latent starts from each prompt's last position), and a prefix space,
+    # so that a prompt's first name is the same token as that name later on (GPT-2: `ĠA`, not `A`).
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, padding_side="left", add_prefix_space=True)
     tokenizer.add_tokens([AddedToken(HALT_TOKEN, special=False, normalized=False)])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

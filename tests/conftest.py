@@ -1,5 +1,8 @@
 """Shared fixtures: tiny configs (vocab ~100, width 32, 2 backbone layers, max_loops 4) and the real tokenizer."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -58,7 +61,7 @@ def save_pretrained_backbone(path, backbone="gpt2"):
     """A stand-in for a Hub backbone such as `openai-community/gpt2`: a tiny plain-transformers model and a
     byte-level BPE tokenizer trained on task prompts, too small to make every two-letter name one token."""
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, GPT2Model, Mamba2Config, Mamba2Model, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, GPT2Config, GPT2Model, Mamba2Config, Mamba2Model
 
     from dataset_scripts.hop_chains import generate_examples
     from dataset_scripts.words import TRAIN_VALUE_WORDS
@@ -68,7 +71,11 @@ def save_pretrained_backbone(path, backbone="gpt2"):
     text += [" " + " ".join(TRAIN_VALUE_WORDS[::2])] * 50
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(text, vocab_size=900, special_tokens=["<|endoftext|>"], show_progress=False)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
+    Path(path).mkdir(parents=True, exist_ok=True)
+    bpe.save_model(str(path))  # vocab.json + merges.txt, the files GPT-2's tokenizer is made of
+    special = {key: "<|endoftext|>" for key in ("bos_token", "eos_token", "unk_token")}
+    (Path(path) / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer", **special}))
+    tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.save_pretrained(path)
     spec = dict(BACKBONES[backbone], vocab_size=len(tokenizer), pad_token_id=None)
     spec.pop("model_type")

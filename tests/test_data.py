@@ -387,6 +387,8 @@ def test_a_pretrained_tokenizer_supervises_only_its_one_token_words(pretrained_g
     tokenizer = load_tokenizer(pretrained_gpt2_dir)
     assert tokenizer.padding_side == "left" and tokenizer.pad_token == tokenizer.eos_token
     assert tokenizer.convert_tokens_to_ids(HALT_TOKEN) == len(tokenizer) - 1  # added after the BPE vocabulary
+    first, *_, query, _ = tokenizer("A = dog. What is A?")["input_ids"]
+    assert first == query  # a prompt's first name is the same token as that name after a space
     words = task_words(tokenizer)
     assert 26 <= len(words["names"]) < len(VARIABLE_NAMES)
     assert 10 <= len(words["values"]) < len(TRAIN_VALUE_WORDS)

@@ -180,6 +180,8 @@ def test_pretrained_backbone_config_trains_on_a_local_stand_in(tmp_path, config,
     assert model.get_input_embeddings().num_embeddings == len(tokenizer) == base_vocab + 1
     assert model.config.halt_token_id == tokenizer.convert_tokens_to_ids("<HALT>") == base_vocab
     assert tokenizer.padding_side == "left"
+    first, *_, query, _ = tokenizer("A = dog. What is A?")["input_ids"]
+    assert first == query  # the saved tokenizer keeps the prefix space
     pretrained = AutoModel.from_pretrained(tmp_path / "backbone").get_input_embeddings().weight
     torch.testing.assert_close(model.get_input_embeddings().weight[:base_vocab], pretrained)
 
