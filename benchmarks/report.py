@@ -128,9 +128,13 @@ def ablation_tables(path):
 def throughput_tables(path):
     r = json.loads(path.read_text())
     lines = ["### `reason()` throughput", "", f"`{path.name}`: model `{r['model']}`, {r['threads']} threads.", "",
-             "| loops | batch | examples/s | peak RSS MB |", "|---|---|---|---|"]
+             "`reason() MB`: the peak memory the `reason` calls add to the loaded model (`-` where the row predates "
+             "that measure); `peak RSS MB`: the whole process, imports included.", "",
+             "| loops | batch | examples/s | reason() MB | peak RSS MB |", "|---|---|---|---|---|"]
     for row in r["loops"] + r["batch"]:
-        lines.append(f"| {row['loops']} | {row['batch_size']} | {row['examples_per_second']:.0f} | {row['peak_rss_mb']:.0f} |")
+        added = f"{row['reason_mb']:.1f}" if "reason_mb" in row else "-"
+        lines.append(f"| {row['loops']} | {row['batch_size']} | {row['examples_per_second']:.0f} | {added} "
+                     f"| {row['peak_rss_mb']:.0f} |")
     if "mixed_hops" in r:
         m = r["mixed_hops"]
         lines += ["", f"Mixed batch ({m['examples']} prompts, {m['hops'][0]}-{m['hops'][1]} hops): {m['sum_of_loops']} "

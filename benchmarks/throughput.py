@@ -3,7 +3,8 @@ mixed hop counts against the sum of its examples' loops.
 
     python benchmarks/throughput.py [--model outputs/default/final] [--loops 1 2 4 8 16 32] [--batch_sizes 1 16 64 256]
 
-Every speed point runs in a fresh process so that its peak RSS is its own. Loop counts are forced with
+Every speed point runs in a fresh process so that its peak RSS is its own; `reason_mb` is what the `reason` calls
+add on top of the loaded model (Linux: the peak-RSS counter is reset just before them). Loop counts are forced with
 `halting="fixed"`. The mixed-hop row uses `--model` (a trained checkpoint, token halting): one batch of prompts with
 1..16 hops, timed as it is (finished examples leave the batch) and timed at a fixed depth equal to its longest
 example. Writes OUT/throughput.json.
@@ -60,16 +61,25 @@ def timed(fn, repeats):
     return (time.perf_counter() - start) / repeats, out
 
 
+def memory_mb(field):
+    """`VmRSS` (resident now) or `VmHWM` (peak resident) of this process, from /proc (Linux)."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+
 def speed_point(model_path, loops, batch_size, repeats):
-    """One point, run in this (fresh) process: examples/s and peak RSS of `reason` at a fixed depth."""
+    """One point, run in this (fresh) process: examples/s and peak memory of `reason` at a fixed depth."""
     torch.manual_seed(0)
     model, tokenizer = load(model_path), build_tokenizer()
     examples = generate_examples(batch_size, 5, seed=0)
     inputs = tokenizer([e["prompt"] for e in examples], padding=True, return_tensors="pt")
+    Path("/proc/self/clear_refs").write_text("5")  # restart the peak counter: imports and loading no longer count
+    before = memory_mb("VmRSS")
     seconds, out = timed(lambda: model.reason(**inputs, max_loops=loops, halting="fixed"), repeats)
     assert int(out.loops.min()) == loops
     return {"loops": loops, "batch_size": batch_size, "examples_per_second": batch_size / seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "reason_mb": memory_mb("VmHWM") - before}
 
 
 def mixed_hops(model_path, repeats, max_hops=16, per_hop=16):

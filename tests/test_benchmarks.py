@@ -72,3 +72,16 @@ def test_tokenizer_coverage_counts_the_words_a_tokenizer_keeps_whole(tmp_path, p
     assert word_level["names"] == {"one_token": 702, "total": 702, "split": []}
     assert word_level["train_values"]["one_token"] == 220 and word_level["digits"]["one_token"] == 10
     assert 0 < bpe["names"]["one_token"] < 702 and len(bpe["names"]["split"]) == 702 - bpe["names"]["one_token"]
+
+
+def test_throughput_writes_speed_memory_and_parameter_counts(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--loops", "4", "--batch_sizes", "2",
+               "--batch_size", "8", "--repeats", "1", "--out", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads((tmp_path / "throughput.json").read_text())
+    assert [(row["loops"], row["batch_size"]) for row in figures["loops"] + figures["batch"]] == [(4, 8), (8, 2)]
+    for row in figures["loops"] + figures["batch"]:
+        assert row["examples_per_second"] > 0 and 0 <= row["reason_mb"] < row["peak_rss_mb"]
+    # The Hub configs' shapes: GPT-2 124M's backbone with `<HALT>` added to its vocabulary (50,258 x 768 embeddings).
+    assert figures["parameters"]["gpt2_124m"]["backbone"] == 124_439_808 + 768
