@@ -33,6 +33,13 @@ OOD_RUNS = {
     "ood_hops_ablation_truncated_bptt.json": ("ablations", "truncated backprop, last 2 loops (`--grad_loops 2`)"),
     "ood_hops_ablation_lora.json": ("ablations", "LoRA r8 on the stage-1 LM-pretrained backbone (`--backbone_mode lora`)"),
     "ood_hops_ablation_frozen.json": ("ablations", "frozen stage-1 LM-pretrained backbone (`--backbone_mode frozen`)"),
+    "ood_hops_distractors_0_3.json": ("ablations", "0-3 distractor chains in training (`--min_distractors 0`)"),
+    "ood_hops_distractors_0_3_on_chain.json": ("ablations", "0-3 distractor chains in training, evaluated on the "
+                                                            "seed's `chain` format"),
+    "ood_hops_distractors_0_4.json": ("ablations", "0-4 distractor chains in training (`--min_distractors 0 "
+                                                   "--max_distractors 4`)"),
+    "ood_hops_distractors_0_4_on_chain.json": ("ablations", "0-4 distractor chains in training, evaluated on the "
+                                                            "seed's `chain` format"),
     "ood_hops_ablation_mamba2_core.json": ("ablations", "Mamba2 block as the core (`--core_block mamba2`)"),
     "ood_hops_halt_head_extra_loops.json": ("depth", "from scratch, before the EMA switch: halting head + 0-4 extra "
                                                      "loops past <HALT>"),
