@@ -31,7 +31,8 @@ def test_a_mixed_lane_batch_gives_the_answers_of_each_lane_run_alone(batch):
         reasoned = model.reason(input_ids, attention_mask, lanes=lanes)
         reasoned_alone = [model.reason(input_ids[i : i + 1], attention_mask[i : i + 1], lanes=lane)
                           for i, lane in enumerate(lanes)]
-    assert (mixed - alone).abs().max() < 1e-5
+    # Equal up to float32 batching noise (1e-5 on logits of size ~1, thread-count dependent); a wrong adapter is ~1e-1.
+    assert (mixed - alone).abs().max() < 1e-4
     # The adapters really act: the arith row differs from the base, the pointer row is the base.
     assert (mixed[0] - base[0]).abs().max() > 1e-2 and (mixed[1] - base[1]).abs().max() < 1e-6
     assert reasoned.answer_ids.tolist() == [r.answer_ids.item() for r in reasoned_alone]
