@@ -20,8 +20,13 @@ from tqdm.auto import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 # docs/<file> -> (section, what the run is). Sections are rendered in the order of SECTIONS.
 OOD_RUNS = {
-    "ood_hops_default.json": ("default", "default (GPT-2 backbone, looped latent core, token halting)"),
+    "ood_hops_default.json": ("default", "default (GPT-2 backbone, looped latent core, token halting, Muon on the "
+                                         "core)"),
     "ood_hops_default_on_chain.json": ("default", "default, evaluated on the seed's `chain` format"),
+    "ood_hops_default_adamw.json": ("default", "default before the Muon switch (AdamW on every weight): the config "
+                                               "the trained ablations below change one switch of"),
+    "ood_hops_default_adamw_on_chain.json": ("default", "default before the Muon switch, evaluated on the seed's "
+                                                        "`chain` format"),
     "ood_hops_default_no_ema.json": ("default", "default before the EMA switch (no EMA): the config the baselines and "
                                                 "the first trained ablations change one switch of"),
     "ood_hops_baseline_no_loop.json": ("baselines", "baseline: no loop (one core pass, answer only)"),
@@ -50,7 +55,6 @@ OOD_RUNS = {
     "ood_hops_finetune_extra_loops_ema.json": ("depth", "default + 2,000 steps with a halting head and 0-4 extra loops"),
     "ood_hops_no_positions.json": ("depth", "GPT-2 backbone without position embeddings, before the EMA switch"),
     "ood_hops_newton_schulz.json": ("depth", "Newton-Schulz orthogonalised latent (`--latent_newton_schulz true`)"),
-    "ood_hops_muon.json": ("depth", "Muon on the core's matrices (`--core_optimizer muon`)"),
     "ood_hops_default_mamba2.json": ("mamba2", "default_mamba2 (not at the targets)"),
     "ood_hops_mamba2_no_conv.json": ("mamba2", "default_mamba2 without the binding conv, reading the last layer "
                                                 "(`--binding_conv none --memory last`)"),
