@@ -18,6 +18,7 @@ TINY = textwrap.dedent(
     """
     backbone_hidden_size: 32
     backbone_max_positions: 128
+    core_optimizer: muon
     pretrain_steps: 20
     max_steps: 24
     per_device_train_batch_size: 16
