@@ -69,6 +69,9 @@ def main(argv=None):
     check_output_dir(training_args)
     if model_args.backbone_type != "gpt2":
         raise SystemExit("error: the token-recurrence baseline is built for --backbone_type gpt2")
+    if recursion_args.core_optimizer == "muon":  # default.yaml's choice; Muon steps a looped core, which a plain LM lacks
+        print("[optimizer] the token-recurrence baseline has no looped core: AdamW on every weight")
+        recursion_args.core_optimizer = "adamw"
     training_args.remove_unused_columns = False
     torch.manual_seed(training_args.seed)
     tokenizer = build_tokenizer()
