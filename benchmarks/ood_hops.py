@@ -48,8 +48,9 @@ def run(model_dir, variant, hops_list, n, batch_size, seed, lane="pointer"):
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True).eval()
     per_hop, speeds = {}, {}
+    words = task_words(tokenizer)
     for hops in hops_list:
-        examples = generate_examples(n, hops, variant=variant, seed=seed + hops, lane=lane, **task_words(tokenizer))
+        examples = generate_examples(n, hops, variant=variant, seed=seed + hops, lane=lane, **words)
         result = evaluate_examples(model, tokenizer, examples, batch_size=batch_size)
         per_hop[hops] = result["per_hop"][hops]
         per_hop[hops]["examples_per_second"] = result["examples_per_second"]
