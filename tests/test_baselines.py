@@ -3,8 +3,9 @@
 import subprocess
 import sys
 
+import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Mamba2Config, Mamba2ForCausalLM
 
 from dataset_scripts.hop_chains import generate_examples
 from dataset_scripts.tokenizer import HALT_TOKEN, build_tokenizer
@@ -28,12 +29,20 @@ def test_collator_labels_only_the_path_and_halt():
         assert batch["input_ids"][row, positions + 1].tolist() == targets
 
 
-def test_greedy_decoding_gives_the_same_trace_padded_or_alone():
+def tiny_lm(backbone, tokenizer, halt):
+    special = dict(vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=halt, pad_token_id=tokenizer.pad_token_id)
+    if backbone == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(n_positions=128, n_embd=32, n_layer=2, n_head=4, **special)).eval()
+    return Mamba2ForCausalLM(Mamba2Config(hidden_size=32, num_hidden_layers=1, expand=2, head_dim=16, num_heads=4,
+                                          n_groups=1, state_size=16, chunk_size=16, **special)).eval()
+
+
+@pytest.mark.parametrize("backbone", ["gpt2", "mamba2"])
+def test_greedy_decoding_gives_the_same_trace_padded_or_alone(backbone):
     tokenizer = build_tokenizer()
     halt = tokenizer.convert_tokens_to_ids(HALT_TOKEN)
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=4,
-                                       bos_token_id=None, eos_token_id=halt, pad_token_id=tokenizer.pad_token_id)).eval()
+    model = tiny_lm(backbone, tokenizer, halt)
     with torch.no_grad():
         model.lm_head.weight[halt] *= 30  # some rows halt within the limit
     prompts = [e["prompt"] for e in generate_examples(4, hops=[1, 4], seed=2)]
@@ -49,13 +58,15 @@ def test_greedy_decoding_gives_the_same_trace_padded_or_alone():
     assert together.halted.any() and len(set(together.loops.tolist())) > 1  # halting at different loops
 
 
-def test_short_token_recurrence_run_trains_saves_and_evaluates(tmp_path):
+@pytest.mark.parametrize("backbone", ["gpt2", "mamba2"])
+def test_short_token_recurrence_run_trains_saves_and_evaluates(tmp_path, backbone):
     (tmp_path / "tiny.yaml").write_text(TINY)
     out = tmp_path / "cot"
     result = subprocess.run([sys.executable, str(ROOT / "trainers" / "token_recurrence.py"), "--config",
-                             str(tmp_path / "tiny.yaml"), "--output_dir", str(out)],
+                             str(tmp_path / "tiny.yaml"), "--output_dir", str(out), "--backbone_type", backbone],
                             capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    model = GPT2LMHeadModel.from_pretrained(out / "final").eval()
+    model = AutoModelForCausalLM.from_pretrained(out / "final").eval()
+    assert model.config.model_type == backbone
     figures = evaluate_examples(model, build_tokenizer(), generate_examples(20, hops=2, seed=9))
     assert figures["per_hop"][2]["n"] == 20 and 0 < figures["per_hop"][2]["mean_loops"] <= 72

@@ -416,23 +416,8 @@ class RLFTrainer(Trainer):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def build_model(model_args, tokenizer):
-    core_kwargs = dict(
-        backbone_mode=model_args.backbone_mode, core_design=model_args.core_design, core_block=model_args.core_block,
-        core_hidden_size=model_args.core_hidden_size, core_num_heads=model_args.core_num_heads,
-        core_num_layers=model_args.core_num_layers, memory=model_args.memory,
-        binding_conv=model_args.binding_conv, latent_residual=model_args.latent_residual,
-        backbone_positions=model_args.backbone_positions, latent_norm=model_args.latent_norm,
-        latent_newton_schulz=model_args.latent_newton_schulz, lifeline=model_args.lifeline,
-        loop_rotary=model_args.loop_rotary, max_loops=model_args.max_loops,
-        max_inference_loops=model_args.max_inference_loops, halt_token_id=tokenizer.convert_tokens_to_ids("<HALT>"),
-        halting=model_args.halting, fixed_loops=model_args.fixed_loops, halt_head=model_args.halt_head,
-        halt_threshold=model_args.halt_threshold,
-    )
-    if model_args.backbone_name_or_path:
-        return RecursiveLatentForCausalLM.from_backbone(
-            model_args.backbone_name_or_path, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **core_kwargs
-        )
+def backbone_config(model_args, tokenizer):
+    """The config (a dict with its `model_type`) of a backbone built from scratch at the size `model_args` asks for."""
     special = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=None, eos_token_id=tokenizer.eos_token_id)
     # Fan-in init: the backbones' default std 0.02 is tuned for width 768 and gives a 64-wide LM flat logits.
     special["initializer_range"] = model_args.backbone_hidden_size**-0.5
@@ -454,6 +439,27 @@ def build_model(model_args, tokenizer):
         )
     else:
         raise SystemExit(f"error: --backbone_type must be `gpt2` or `mamba2` (got {model_args.backbone_type!r})")
+    return backbone
+
+
+def build_model(model_args, tokenizer):
+    core_kwargs = dict(
+        backbone_mode=model_args.backbone_mode, core_design=model_args.core_design, core_block=model_args.core_block,
+        core_hidden_size=model_args.core_hidden_size, core_num_heads=model_args.core_num_heads,
+        core_num_layers=model_args.core_num_layers, memory=model_args.memory,
+        binding_conv=model_args.binding_conv, latent_residual=model_args.latent_residual,
+        backbone_positions=model_args.backbone_positions, latent_norm=model_args.latent_norm,
+        latent_newton_schulz=model_args.latent_newton_schulz, lifeline=model_args.lifeline,
+        loop_rotary=model_args.loop_rotary, max_loops=model_args.max_loops,
+        max_inference_loops=model_args.max_inference_loops, halt_token_id=tokenizer.convert_tokens_to_ids("<HALT>"),
+        halting=model_args.halting, fixed_loops=model_args.fixed_loops, halt_head=model_args.halt_head,
+        halt_threshold=model_args.halt_threshold,
+    )
+    if model_args.backbone_name_or_path:
+        return RecursiveLatentForCausalLM.from_backbone(
+            model_args.backbone_name_or_path, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **core_kwargs
+        )
+    backbone = backbone_config(model_args, tokenizer)
     return RecursiveLatentForCausalLM(RecursiveLatentConfig(backbone_config=backbone, **core_kwargs))
 
 

@@ -2,10 +2,10 @@
 
     python trainers/token_recurrence.py --config trainers/configs/default.yaml --output_dir outputs/baseline_cot
 
-Same config, data, curriculum and budget as trainers/rlf.py, but the model is a plain transformers GPT-2 language
-model of the backbone's size trained on `prompt path... <HALT>` (loss on the path and `<HALT>` only). At test time
-it decodes greedily: one generated token per hop, as the looped core predicts one node per loop. The checkpoint is a
-standard GPT-2 one; `benchmarks/ood_hops.py` evaluates it like any other model.
+Same config, data, curriculum and budget as trainers/rlf.py, but the model is a plain transformers language model of
+the backbone's type and size (GPT-2 or Mamba2) trained on `prompt path... <HALT>` (loss on the path and `<HALT>`
+only). At test time it decodes greedily: one generated token per hop, as the looped core predicts one node per loop.
+The checkpoint is a standard transformers one; `benchmarks/ood_hops.py` evaluates it like any other model.
 """
 
 import os
@@ -14,13 +14,14 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import GPT2Config, GPT2LMHeadModel, Trainer
+from transformers import AutoConfig, AutoModelForCausalLM, Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rlf import (  # noqa: E402  (trainers/ is a folder of scripts)
-    CurriculumCallback, HopChainStream, RLFTrainer, check_output_dir, parse_arguments, validation_examples,
+    CurriculumCallback, HopChainStream, RLFTrainer, backbone_config, check_output_dir, parse_arguments,
+    validation_examples,
 )
 
 from dataset_scripts.tokenizer import HALT_TOKEN, build_tokenizer, task_words  # noqa: E402
@@ -51,8 +52,9 @@ class TokenRecurrenceTrainer(RLFTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mask = inputs["attention_mask"]
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=mask,
-                        position_ids=(mask.cumsum(1) - 1).clamp(min=0))
+        # GPT-2 counts positions from the first real token (left padding); Mamba2 has no positions.
+        positions = {"position_ids": (mask.cumsum(1) - 1).clamp(min=0)} if model.config.model_type == "gpt2" else {}
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=mask, **positions)
         logits, labels = outputs.logits, inputs["labels"]
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
         if self.curriculum is not None:
@@ -61,14 +63,12 @@ class TokenRecurrenceTrainer(RLFTrainer):
         return (loss, outputs) if return_outputs else loss
 
     def _save(self, output_dir=None, state_dict=None):
-        Trainer._save(self, output_dir, state_dict)  # a plain GPT-2 checkpoint: no LoRA merge, no looped-model card
+        Trainer._save(self, output_dir, state_dict)  # a plain transformers checkpoint: no LoRA merge, no looped-model card
 
 
 def main(argv=None):
     model_args, data_args, recursion_args, training_args, config_path = parse_arguments(argv)
     check_output_dir(training_args)
-    if model_args.backbone_type != "gpt2":
-        raise SystemExit("error: the token-recurrence baseline is built for --backbone_type gpt2")
     if recursion_args.core_optimizer == "muon":  # default.yaml's choice; Muon steps a looped core, which a plain LM lacks
         print("[optimizer] the token-recurrence baseline has no looped core: AdamW on every weight")
         recursion_args.core_optimizer = "adamw"
@@ -76,22 +76,16 @@ def main(argv=None):
     torch.manual_seed(training_args.seed)
     tokenizer = build_tokenizer()
     halt_id = tokenizer.convert_tokens_to_ids(HALT_TOKEN)
-    width = model_args.backbone_hidden_size
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=model_args.backbone_max_positions, n_embd=width,
-        n_layer=model_args.backbone_num_layers, n_head=model_args.backbone_num_heads, resid_pdrop=0.0,
-        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=halt_id, pad_token_id=tokenizer.pad_token_id,
-        initializer_range=width**-0.5,  # fan-in init, as the looped model's backbone
-        tie_word_embeddings=False,  # as the looped model's head: tied, a 64-wide head learned far slower (docs/experiments.md)
-    )
-    model = GPT2LMHeadModel(config)
+    backbone = backbone_config(model_args, tokenizer) | {"eos_token_id": halt_id}
+    # Untied head, as the looped model's head: tied, a 64-wide head learned far slower (docs/experiments.md).
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**backbone, tie_word_embeddings=False))
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = halt_id, tokenizer.pad_token_id
     start_hops = recursion_args.curriculum_start_hops if recursion_args.curriculum else data_args.max_hops
     train_size = training_args.max_steps * training_args.per_device_train_batch_size * training_args.world_size
     words = task_words(tokenizer)
     train_data = HopChainStream(data_args, words, train_size, seed=training_args.seed, max_hops=min(start_hops, data_args.max_hops))
     curriculum = CurriculumCallback(train_data, recursion_args, data_args.max_hops) if recursion_args.curriculum else None
-    print(f"[model] GPT-2 LM, {sum(p.numel() for p in model.parameters()):,} parameters, all trained")
+    print(f"[model] {model.config.model_type} LM, {sum(p.numel() for p in model.parameters()):,} parameters, all trained")
     trainer = TokenRecurrenceTrainer(
         model=model, args=training_args, train_dataset=train_data, eval_dataset=validation_examples(data_args, words),
         processing_class=tokenizer, data_collator=path_text_collator(tokenizer),
