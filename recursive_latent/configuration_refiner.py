@@ -42,6 +42,9 @@ class RecursiveRefinerConfig(PretrainedConfig):
             Training target of the halting head: 1 when cos(y_s, y*) >= ok_cosine.
         halt_loss_weight (`float`, *optional*, defaults to 0.2):
             Weight of the halting BCE next to the cosine-alignment loss (the paper's 0.2).
+        monotone_loss_weight (`float`, *optional*, defaults to 0.0):
+            Weight of a hinge max(0, cos(y_{S-1}, y*) - cos(y_S, y*)) that penalises the last step for moving an
+            example's answer away from the target (0 = off).
         base_lane, lane_adapters:
             Lane LoRA adapters on the refiner's MLPs, as in [`RecursiveLatentConfig`].
     """
@@ -64,6 +67,7 @@ class RecursiveRefinerConfig(PretrainedConfig):
         halt_threshold=0.88,
         ok_cosine=0.9,
         halt_loss_weight=0.2,
+        monotone_loss_weight=0.0,
         base_lane=None,
         lane_adapters=None,
         initializer_range=0.02,
@@ -83,6 +87,7 @@ class RecursiveRefinerConfig(PretrainedConfig):
         self.halt_threshold = halt_threshold
         self.ok_cosine = ok_cosine
         self.halt_loss_weight = halt_loss_weight
+        self.monotone_loss_weight = monotone_loss_weight
         self.base_lane = base_lane  # None: every lane may have an adapter; rows without one use the shared body
         self.lane_adapters = list(lane_adapters or [])
         self.initializer_range = initializer_range

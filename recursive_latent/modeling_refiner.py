@@ -158,6 +158,7 @@ class RecursiveRefinerModel(LaneAdaptersMixin, RecursiveRefinerPreTrainedModel, 
         first_grad_step = 0 if grad_steps is None else steps - grad_steps
         answers, halt_probs = [], []
         for s in range(steps):
+            previous_answer = y
             with torch.set_grad_enabled(torch.is_grad_enabled() and s >= first_grad_step):
                 z, y, p_halt = self.step(z, y, query, centroid, lane)
             answers.append(y)
@@ -168,6 +169,10 @@ class RecursiveRefinerModel(LaneAdaptersMixin, RecursiveRefinerPreTrainedModel, 
             ok = (cosine >= self.config.ok_cosine).float().detach()
             halt_loss = F.binary_cross_entropy(p_halt.float(), ok)
             loss = (1 - cosine).mean() + self.config.halt_loss_weight * halt_loss
+            if self.config.monotone_loss_weight:
+                # Only a step that moves an example's answer away from the target pays; the step before is fixed.
+                previous_cosine = F.cosine_similarity(previous_answer.detach(), target, dim=-1)
+                loss = loss + self.config.monotone_loss_weight * F.relu(previous_cosine - cosine).mean()
         return RecursiveRefinerOutput(
             loss=loss, answer=y, halt_probs=torch.stack(halt_probs, 1), answers=torch.stack(answers, 1)
         )

@@ -48,6 +48,16 @@ def test_forward_and_refine_shapes_and_per_example_halting(pool):
     assert torch.equal(y_hat, refined.answer) and torch.equal(trace["steps"], refined.steps)
 
 
+def test_monotone_loss_charges_only_steps_that_move_away_from_the_target():
+    q, Y, rbar, target, lanes = tiny_batch()
+    plain = tiny_refiner()(q, Y, rbar, lanes, steps=3, target=target)
+    hinged = tiny_refiner(monotone_loss_weight=2.0)(q, Y, rbar, lanes, steps=3, target=target)
+    cosine = F.cosine_similarity(plain.answers, target[:, None], dim=-1)
+    rises = cosine[:, 1] - cosine[:, 2]
+    assert (rises > 0).any() and (rises < 0).any()  # the untrained model moves some examples away, some closer
+    assert torch.allclose(hinged.loss, plain.loss + 2.0 * rises.clamp(min=0).mean(), atol=1e-6)
+
+
 def test_lane_adapters_route_per_example():
     model = tiny_refiner()
     for lane in ("match", "shift"):  # an adapter for every lane: the shared body alone serves no lane

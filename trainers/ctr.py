@@ -49,6 +49,9 @@ class RefinerArguments:
     use_centroid: bool = field(default=True, metadata={"help": "Feed r̄ to the latent update."})
     latent_norm: bool = field(default=True, metadata={"help": "LayerNorm z after each update."})
     gated_update: bool = field(default=False, metadata={"help": "Scale each answer update by 1 - p_halt."})
+    monotone_loss_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the hinge on the last step moving the answer away from y*."}
+    )
     grad: str = field(default="last", metadata={"help": "`last`: S-1 no-grad steps then 1 with; `all`: full backprop."})
     ema_decay: float | None = field(default=0.999, metadata={"help": "EMA of the weights for eval and saving; 0 = off."})
     train_size: int = field(default=50_000, metadata={"help": "Training examples (fresh, seed = --seed)."})
@@ -138,7 +141,7 @@ def main(argv=None):
         use_centroid=args.use_centroid, latent_norm=args.latent_norm, gated_update=args.gated_update,
         max_steps=args.steps,
         train_steps=args.train_steps, halt_threshold=args.tau,
-        ok_cosine=args.ok_cosine,
+        ok_cosine=args.ok_cosine, monotone_loss_weight=args.monotone_loss_weight,
     )
     model = RecursiveRefinerModel(config)
     if rank:
