@@ -23,6 +23,8 @@ OOD_RUNS = {
     "ood_hops_default.json": ("default", "default (GPT-2 backbone, looped latent core, token halting, Muon on the "
                                          "core)"),
     "ood_hops_default_on_chain.json": ("default", "default, evaluated on the seed's `chain` format"),
+    "ood_hops_default_5000_steps.json": ("default", "default trained for 5,000 steps instead of 8,000 (`--max_steps "
+                                                    "5000`)"),
     "ood_hops_default_adamw.json": ("default", "default before the Muon switch (AdamW on every weight): the config "
                                                "the trained ablations below change one switch of"),
     "ood_hops_default_adamw_on_chain.json": ("default", "default before the Muon switch, evaluated on the seed's "
@@ -55,9 +57,15 @@ OOD_RUNS = {
     "ood_hops_finetune_extra_loops_ema.json": ("depth", "default + 2,000 steps with a halting head and 0-4 extra loops"),
     "ood_hops_no_positions.json": ("depth", "GPT-2 backbone without position embeddings, before the EMA switch"),
     "ood_hops_newton_schulz.json": ("depth", "Newton-Schulz orthogonalised latent (`--latent_newton_schulz true`)"),
-    "ood_hops_default_mamba2.json": ("mamba2", "default_mamba2 (not at the targets)"),
-    "ood_hops_mamba2_no_conv.json": ("mamba2", "default_mamba2 without the binding conv, reading the last layer "
-                                                "(`--binding_conv none --memory last`)"),
+    "ood_hops_default_mamba2.json": ("mamba2", "default_mamba2: last-layer memory, no binding conv, Muon on the core, "
+                                               "EMA (not at the targets)"),
+    "ood_hops_mamba2_conv_adamw.json": ("mamba2", "default_mamba2 before: embedding conv, all-layer memory, AdamW, no "
+                                                  "EMA"),
+    "ood_hops_mamba2_baseline_no_loop.json": ("mamba2", "Mamba2 baseline: no loop (one core pass, answer only)"),
+    "ood_hops_mamba2_baseline_fixed_depth.json": ("mamba2", "Mamba2 baseline: fixed depth (6 loops, answer only at the "
+                                                            "last)"),
+    "ood_hops_mamba2_baseline_cot.json": ("mamba2", "Mamba2 baseline: token recurrence (Mamba2 LM writes the path as "
+                                                    "tokens)"),
     "ood_hops_lane_arith.json": ("lanes", "`arith` lane adapter on the default model (before the EMA switch)"),
 }
 SECTIONS = {
@@ -176,25 +184,39 @@ def largest_fall(curve):
     return max([0.0] + [a - b for a, b in zip(curve, curve[1:])])
 
 
+# The CTR ablation tables, and what the default row's loss was when each was measured.
+CTR_TABLES = {
+    "ctr_ablations.json": "the default loss with the monotone hinge",
+    "ctr_ablations_no_hinge.json": "the paper's loss, before the monotone hinge",
+    "ctr_ablations_steps6000.json": "the paper's loss, before the monotone hinge",
+    "ctr_ablations_train64.json": "the paper's loss, before the monotone hinge",
+    "ctr_ablations_train16.json": "the paper's loss, before the monotone hinge",
+}
+
+
 def ctr_table(path):
     r = json.loads(path.read_text())
     depth = next(iter(r["rows"].values()))["train_steps"]
-    lines = [f"### CTR refiner ablations, {r['max_steps']} training steps, trained to depth {depth} (held-out cos(y, y*))",
+    lines = [f"### CTR refiner ablations, {r['max_steps']} training steps, trained to depth {depth}, "
+             f"{CTR_TABLES[path.name]} (held-out cos(y, y*))",
              "", f"`{path.name}` from `python benchmarks/ctr_ablations.py --max_steps {r['max_steps']}`: seed {r['seed']}. "
              "`largest fall` is the largest drop of the mean cosine from one step to the next, over all 32 steps run "
              "without halting, then over the per-step trace of `refine()` with halting (a stopped example keeps its "
-             "answer; `-` where the row predates that measure).", "",
+             "answer; `-` where the row predates that measure). `significant falls`: the steps whose mean change, paired "
+             "over the same examples, is below zero by more than its 95% interval (fixed depth / halting trace).", "",
              "| row | arguments | pooled y_0 | step 1 | best step | step 16 | step 32 | largest fall | with halting | "
-             "largest fall, halting trace | mean steps | steps by difficulty quartile | s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "largest fall, halting trace | significant falls | mean steps | steps by difficulty quartile | s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in r["rows"].items():
         c = row["cosine_per_step"]
         best = max(range(len(c)), key=c.__getitem__)
         trace = row.get("trace_cosine_per_step")
         trace_fall = f"{largest_fall(trace):.5f}" if trace else "-"
+        falls = (f"{len(row['significant_falls'])} / {len(row['trace_significant_falls'])}"
+                 if "significant_falls" in row else "-")
         lines.append(
             f"| {name} | `{' '.join(row['args']) or '-'}` | {row['start_cosine']:.3f} | {c[0]:.3f} | {c[best]:.3f} (s={best + 1}) | "
-            f"{c[15]:.3f} | {c[-1]:.3f} | {largest_fall(c):.5f} | {row['halted_cosine']:.3f} | {trace_fall} | {row['mean_steps']:.2f} | "
+            f"{c[15]:.3f} | {c[-1]:.3f} | {largest_fall(c):.5f} | {row['halted_cosine']:.3f} | {trace_fall} | {falls} | {row['mean_steps']:.2f} | "
             f"{' / '.join(f'{s:.1f}' for s in row['steps_by_difficulty_quartile'])} | {row['seconds']:.0f} |")
     return lines
 
@@ -280,9 +302,7 @@ def main():
             for name, label in runs:
                 lines += ood_table(docs / name, label) + [""]
     renderers = {"inference_ablations_default.json": ablation_tables, "depth_sweep_default.csv": depth_sweep_table,
-                 "throughput_default.json": throughput_tables, "ctr_ablations.json": ctr_table,
-                 "ctr_ablations_steps6000.json": ctr_table, "ctr_ablations_train64.json": ctr_table,
-                 "ctr_ablations_train16.json": ctr_table}
+                 "throughput_default.json": throughput_tables} | dict.fromkeys(CTR_TABLES, ctr_table)
     for pattern, render in (("inference_ablations_*.json", ablation_tables), ("depth_sweep_*.csv", depth_sweep_table),
                             ("throughput_*.json", throughput_tables)):
         renderers |= {path.name: render for path in sorted(docs.glob(pattern)) if path.name not in renderers}
