@@ -24,9 +24,9 @@ SWEEP_SEED = 2_000_000  # apart from training (small seeds), validation (10,000+
 
 
 @torch.no_grad()
-def sweep(model, tokenizer, hops, loops, n, batch_size, seed):
-    examples = generate_examples(n, hops, variant="shuffled", seed=seed + hops, **task_words(tokenizer))
-    ids = word_ids(tokenizer)
+def sweep(model, tokenizer, words, ids, hops, loops, n, batch_size, seed):
+    """words: the name / value pools the tokenizer supervises (`task_words`); ids: word -> token id (`word_ids`)."""
+    examples = generate_examples(n, hops, variant="shuffled", seed=seed + hops, **words)
     answers = torch.tensor([ids[e["answer"]] for e in examples])
     max_loops = max(loops)
     loop_logits = []
@@ -88,9 +88,10 @@ def main():
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True).eval()
+    words, ids = task_words(tokenizer), word_ids(tokenizer)  # once, not once per hop count
     rows = []
     for hops in tqdm(args.hops, desc="hop counts"):
-        rows += sweep(model, tokenizer, hops, sorted(args.loops), args.n, args.batch_size, args.seed)
+        rows += sweep(model, tokenizer, words, ids, hops, sorted(args.loops), args.n, args.batch_size, args.seed)
     csv_path = out / "depth_sweep.csv"
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
