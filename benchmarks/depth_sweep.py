@@ -4,12 +4,15 @@ halt point, the experiment behind the RLF seed's "loss climbs from r=6 to r=24".
     python benchmarks/depth_sweep.py --model outputs/default/final [--hops 1 2 4 8] [--loops 1 2 4 6 8 12 24]
 
 For each hop count h and forced loop count r >= h it reads loop r's logits with <HALT> masked out and records the
-cross-entropy of the true answer and whether the answer is the argmax. Writes DIR/depth_sweep.csv first, then
-DIR/depth_sweep.png drawn from the CSV.
+cross-entropy of the true answer and whether the answer is the argmax. Writes DIR/depth_sweep.csv first (and
+DIR/depth_sweep.json: the command, the model and the wall time), then DIR/depth_sweep.png drawn from the CSV.
 """
 
 import argparse
 import csv
+import json
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -86,6 +89,7 @@ def main():
     out = Path(args.out or Path(args.model).parent)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
+    start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True).eval()
     words, ids = task_words(tokenizer), word_ids(tokenizer)  # once, not once per hop count
@@ -97,6 +101,9 @@ def main():
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    run = {"command": " ".join(["python", "benchmarks/depth_sweep.py", *sys.argv[1:]]), "model": args.model,
+           "seconds": time.perf_counter() - start}
+    (out / "depth_sweep.json").write_text(json.dumps(run, indent=2))
     plot(csv_path, out / "depth_sweep.png")
     for row in rows:
         print(f"hops {row['hops']:>2} loops {row['loops']:>2}: answer argmax {100 * row['answer_accuracy']:6.2f}%  "

@@ -146,7 +146,8 @@ def ablation_tables(path):
 
 def throughput_tables(path):
     r = json.loads(path.read_text())
-    lines = [f"### `reason()` throughput of `{r['model']}`", "", f"`{path.name}`: model `{r['model']}`, {r['threads']} threads.", "",
+    source = f" from `{r['command']}`, {r['seconds']:.0f} s" if "command" in r else ""
+    lines = [f"### `reason()` throughput of `{r['model']}`", "", f"`{path.name}`{source}: {r['threads']} threads.", "",
              "`reason() MB`: the peak memory the `reason` calls add to the loaded model (`-` where the row predates "
              "that measure); `peak RSS MB`: the whole process, imports included.", "",
              "| loops | batch | examples/s | reason() MB | peak RSS MB |", "|---|---|---|---|---|"]
@@ -169,8 +170,11 @@ def depth_sweep_table(path):
     rows = list(csv.DictReader(path.open()))
     loops = sorted({int(row["loops"]) for row in rows})
     hops = sorted({int(row["hops"]) for row in rows})
+    sidecar = path.with_suffix(".json")  # command and wall time, written by depth_sweep.py beside its CSV
+    run = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+    source = f"`{run['command']}`, {run['seconds']:.0f} s" if run else "`python benchmarks/depth_sweep.py`"
     lines = [f"### Depth sweep: answer % at loop r, `<HALT>` masked (`{path.name}`)", "",
-             f"From `python benchmarks/depth_sweep.py`: {rows[0]['n']} prompts per hop count, seed "
+             f"From {source}: {rows[0]['n']} prompts per hop count, seed "
              f"{int(rows[0]['seed']) - int(rows[0]['hops'])} + hops.", "",
              "| hops | " + " | ".join(f"r = {r}" for r in loops) + " |", "|---|" + "---|" * len(loops)]
     for h in hops:
@@ -233,6 +237,7 @@ def run_suite(checkpoint, docs, name):
     for command in tqdm(commands, desc="benchmarks"):
         subprocess.run([sys.executable, str(ROOT / command[0]), *command[1:]], check=True)
     copies = {"ood_hops.json": f"ood_hops_{name}.json", "depth_sweep.csv": f"depth_sweep_{name}.csv",
+              "depth_sweep.json": f"depth_sweep_{name}.json",
               "inference_ablations.json": f"inference_ablations_{name}.json", "probes.json": f"probes_{name}.json",
               "throughput.json": f"throughput_{name}.json", "ood_hops.png": f"img/ood_hops_{name}.png",
               "depth_sweep.png": f"img/depth_sweep_{name}.png"}

@@ -112,8 +112,11 @@ def main():
         print("POINT " + json.dumps(speed_point(args.model, *args.point, args.repeats)))
         return
 
-    results = {"model": args.model, "threads": torch.get_num_threads(), "parameters": {}, "loops": [], "batch": []}
-    results["parameters"]["tiny_gpt2"] = parameter_counts(load(args.model))
+    start = time.perf_counter()
+    results = {"model": args.model, "command": " ".join(["python", "benchmarks/throughput.py", *sys.argv[1:]]),
+               "threads": torch.get_num_threads(), "parameters": {}, "loops": [], "batch": []}
+    model = load(args.model)
+    results["parameters"][f"tiny_{model.config.backbone_type}"] = parameter_counts(model)
     for name, (backbone, core) in SHAPES.items():
         config = RecursiveLatentConfig(backbone_config=dict(backbone, bos_token_id=None, eos_token_id=None), halt_token_id=2,
                                        **core)
@@ -127,6 +130,7 @@ def main():
         results[sweep].append(json.loads(result.stdout.split("POINT ")[-1]))
     if args.model:
         results["mixed_hops"] = mixed_hops(args.model, args.repeats)
+    results["seconds"] = time.perf_counter() - start
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "throughput.json").write_text(json.dumps(results, indent=2))

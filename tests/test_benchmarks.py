@@ -23,6 +23,8 @@ def test_depth_sweep_writes_one_row_per_hop_and_forced_loop_count(tmp_path):
     assert [(int(r["hops"]), int(r["loops"])) for r in rows] == [(1, 1), (1, 2), (1, 4), (3, 4)]
     assert all(0.0 <= float(r["answer_accuracy"]) <= 1.0 and float(r["answer_loss"]) > 0 for r in rows)
     assert (tmp_path / "out" / "depth_sweep.png").stat().st_size > 0
+    run = json.loads((tmp_path / "out" / "depth_sweep.json").read_text())
+    assert run["model"] == str(tmp_path / "model") and "--hops 1 3" in run["command"] and run["seconds"] > 0
 
 
 def test_inference_ablations_and_report_render_the_measured_numbers(tmp_path):
@@ -85,3 +87,5 @@ def test_throughput_writes_speed_memory_and_parameter_counts(tmp_path):
         assert row["examples_per_second"] > 0 and 0 <= row["reason_mb"] < row["peak_rss_mb"]
     # The Hub configs' shapes: GPT-2 124M's backbone with `<HALT>` added to its vocabulary (50,258 x 768 embeddings).
     assert figures["parameters"]["gpt2_124m"]["backbone"] == 124_439_808 + 768
+    assert "tiny_gpt2" in figures["parameters"] and figures["command"].startswith("python benchmarks/throughput.py --loops 4")
+    assert figures["seconds"] > 0
