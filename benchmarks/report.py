@@ -147,7 +147,7 @@ def ablation_tables(path):
 def throughput_tables(path):
     r = json.loads(path.read_text())
     source = f" from `{r['command']}`, {r['seconds']:.0f} s" if "command" in r else ""
-    lines = [f"### `reason()` throughput of `{r['model']}`", "", f"`{path.name}`{source}: {r['threads']} threads.", "",
+    lines = [f"### `reason()` throughput of `{r['model']}`", "", f"`{path.name}`{source}; torch threads: {r['threads']}.", "",
              "`reason() MB`: the peak memory the `reason` calls add to the loaded model (`-` where the row predates "
              "that measure); `peak RSS MB`: the whole process, imports included.", "",
              "| loops | batch | examples/s | reason() MB | peak RSS MB |", "|---|---|---|---|---|"]
