@@ -37,7 +37,8 @@ OOD_RUNS = {
     "ood_hops_ablation_no_lifeline.json": ("ablations", "no lifeline (`--lifeline false`), before the EMA switch"),
     "ood_hops_ablation_loop_rotary.json": ("ablations", "loop rotary on (`--loop_rotary true`), before the EMA switch"),
     "ood_hops_ablation_ema.json": ("ablations", "EMA of the weights (`--ema_decay 0.999`), the switch to the default"),
-    "ood_hops_ablation_truncated_bptt.json": ("ablations", "truncated backprop, last 2 loops (`--grad_loops 2`)"),
+    "ood_hops_ablation_truncated_bptt.json": ("ablations", "truncated backprop, last 2 loops of the batch "
+                                                           "(`--grad_loops 2`)"),
     "ood_hops_ablation_lora.json": ("ablations", "LoRA r8 on the stage-1 LM-pretrained backbone (`--backbone_mode lora`)"),
     "ood_hops_ablation_frozen.json": ("ablations", "frozen stage-1 LM-pretrained backbone (`--backbone_mode frozen`)"),
     "ood_hops_distractors_0_3.json": ("ablations", "0-3 distractor chains in training (`--min_distractors 0`)"),
