@@ -123,7 +123,12 @@ class RecursionArguments:
     position_offsets: bool = field(
         default=True, metadata={"help": "Shift GPT-2 positions by a random offset per example in training."}
     )
-    grad_loops: int | None = field(default=None, metadata={"help": "Backprop through the last k loops only."})
+    grad_loops: int | None = field(
+        default=None,
+        metadata={"help": "Backprop through the last k loops of each batch only. A batch runs as many loops as its "
+                          "longest example, so shorter examples' first loops get no gradient (measured: with k=2 "
+                          "the default recipe did not learn; docs/experiments.md)."},
+    )
     core_optimizer: str = field(
         default="adamw", metadata={"help": "`adamw`, or `muon` for the core blocks' weight matrices (AdamW for the rest)."}
     )
