@@ -40,7 +40,8 @@ OOD_RUNS = {
     "ood_hops_ablation_truncated_bptt.json": ("ablations", "truncated backprop, last 2 loops of the batch "
                                                            "(`--grad_loops 2`)"),
     "ood_hops_ablation_lora.json": ("ablations", "LoRA r8 on the stage-1 LM-pretrained backbone (`--backbone_mode lora`)"),
-    "ood_hops_ablation_frozen.json": ("ablations", "frozen stage-1 LM-pretrained backbone (`--backbone_mode frozen`)"),
+    "ood_hops_ablation_frozen.json": ("ablations", "frozen stage-1 LM-pretrained backbone (`--backbone_mode frozen`), on "
+                                                   "the Muon default"),
     "ood_hops_distractors_0_3.json": ("ablations", "0-3 distractor chains in training (`--min_distractors 0`)"),
     "ood_hops_distractors_0_3_on_chain.json": ("ablations", "0-3 distractor chains in training, evaluated on the "
                                                             "seed's `chain` format"),
