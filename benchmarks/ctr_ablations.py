@@ -28,7 +28,7 @@ ROWS = {
     "no_ema": ["--ema_decay", "0"],
     "no_latent_norm": ["--latent_norm", "false"],
     "gated_update": ["--gated_update", "true"],
-    "monotone_loss": ["--monotone_loss_weight", "10"],
+    "no_monotone_loss": ["--monotone_loss_weight", "0"],
 }
 
 

@@ -146,3 +146,14 @@ def test_short_training_refines_over_steps_and_halts_sooner_on_easy_examples(tmp
     q, Y, rbar, target, lanes = (make_retrieval_examples(200, seed=5, lanes=("match",))[k]
                                  for k in ("query", "candidates", "centroid", "target", "lane"))
     assert F.cosine_similarity(model.refine(q, Y, rbar, lanes).answer, target).mean() > 0.85
+
+
+def test_significant_falls_names_only_the_steps_that_fall_beyond_noise():
+    sys.path.insert(0, str(ROOT / "trainers"))
+    from ctr import significant_falls
+
+    torch.manual_seed(0)
+    rises = torch.tensor([0.0, 0.3, 0.1, -0.05, 0.0])  # steps 1-5: up, up, a clear fall at step 4, flat
+    cosine = rises.cumsum(0) + 0.01 * torch.randn(400, 5)  # (examples, steps)
+    assert significant_falls(cosine) == [4]
+    assert significant_falls(cosine[:, :3]) == []
