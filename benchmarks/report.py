@@ -23,6 +23,7 @@ OOD_RUNS = {
     "ood_hops_default.json": ("default", "default (GPT-2 backbone, looped latent core, token halting, Muon on the "
                                          "core)"),
     "ood_hops_default_on_chain.json": ("default", "default, evaluated on the seed's `chain` format"),
+    "ood_hops_default_seed1.json": ("default", "default, second training seed (`--seed 1`)"),
     "ood_hops_default_5000_steps.json": ("default", "default trained for 5,000 steps instead of 8,000 (`--max_steps "
                                                     "5000`)"),
     "ood_hops_default_adamw.json": ("default", "default before the Muon switch (AdamW on every weight): the config "
