@@ -105,6 +105,8 @@ class RecursiveRefinerConfig(PretrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1 (got {value!r}).")
+        if self.monotone_loss_weight < 0:
+            raise ValueError(f"`monotone_loss_weight` must be >= 0 (got {self.monotone_loss_weight!r}).")
         for name in ("halt_threshold", "ok_cosine"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"`{name}` must be in (0, 1] (got {getattr(self, name)!r}).")

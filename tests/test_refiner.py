@@ -56,6 +56,8 @@ def test_monotone_loss_charges_only_steps_that_move_away_from_the_target():
     rises = cosine[:, 1] - cosine[:, 2]
     assert (rises > 0).any() and (rises < 0).any()  # the untrained model moves some examples away, some closer
     assert torch.allclose(hinged.loss, plain.loss + 2.0 * rises.clamp(min=0).mean(), atol=1e-6)
+    with pytest.raises(ValueError, match="monotone_loss_weight"):
+        RecursiveRefinerConfig(monotone_loss_weight=-1.0)
 
 
 def test_lane_adapters_route_per_example():

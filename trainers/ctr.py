@@ -54,7 +54,7 @@ class RefinerArguments:
     monotone_loss_weight: float = field(
         default=10.0,
         metadata={"help": "Weight of the hinge on the last step moving the answer away from y* (0 = the paper's loss). "
-                          "Measured: best held-out cos 0.948 vs 0.925 without it (docs/experiments.md)."},
+                          "Measured: best held-out cos 0.948 vs 0.922 without it (docs/experiments.md)."},
     )
     grad: str = field(default="last", metadata={"help": "`last`: S-1 no-grad steps then 1 with; `all`: full backprop."})
     ema_decay: float | None = field(default=0.999, metadata={"help": "EMA of the weights for eval and saving; 0 = off."})
