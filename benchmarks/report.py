@@ -4,7 +4,8 @@
 
 With `--run CHECKPOINT`, first runs the suite on it (ood_hops, depth_sweep, inference_ablations, probes,
 throughput) and copies the JSON files and plots into `--docs` as `<benchmark>_<name>.*` (`--name default_mamba2`
-for the Mamba2 default); then renders every table it finds. The narrative (how each default was found) is docs/experiments.md.
+for the Mamba2 default); then renders every table it finds. The narrative (how each default was found) is
+docs/experiments.md.
 """
 
 import argparse
@@ -245,8 +246,8 @@ def run_suite(checkpoint, docs, name):
               "throughput.json": f"throughput_{name}.json", "ood_hops.png": f"img/ood_hops_{name}.png",
               "depth_sweep.png": f"img/depth_sweep_{name}.png"}
     # The default's probe plots keep their names (the docs link them); another run's get its name after `probes`.
-    copies |= {f"img/{png.name}": "img/" + png.name.replace("probes", "probes" if name == "default" else f"probes_{name}", 1)
-               for png in (out / "img").glob("probes_*.png")}
+    probes = "probes" if name == "default" else f"probes_{name}"
+    copies |= {f"img/{png.name}": "img/" + png.name.replace("probes", probes, 1) for png in (out / "img").glob("probes_*.png")}
     for source, target in copies.items():
         if (out / source).is_file():
             shutil.copy(out / source, docs / target)
