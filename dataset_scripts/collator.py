@@ -10,6 +10,12 @@ from dataset_scripts.tokenizer import word_ids
 IGNORE_INDEX = -100
 
 
+def tokenize(tokenizer, texts):
+    """`tokenizer(texts, padding=True, return_tensors="pt")`, but the lists become tensors here: transformers'
+    `return_tensors` path flattens them in Python, 9 ms of a default training batch's 17 on the CPU."""
+    return {name: torch.tensor(values) for name, values in tokenizer(texts, padding=True).items()}
+
+
 @dataclass
 class LoopLabelCollator:
     """Tokenize prompts and stack their ``loop_targets`` into per-loop labels.
@@ -40,7 +46,7 @@ class LoopLabelCollator:
         return [self.ids_by_word[word] for word in words]
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        batch = self.tokenizer([example["prompt"] for example in examples], padding=True, return_tensors="pt")
+        batch = tokenize(self.tokenizer, [example["prompt"] for example in examples])
         answers = torch.tensor(self.target_ids([example["answer"] for example in examples]))
         if self.answer_only_loops is not None:
             loop_labels = torch.full((len(examples), self.answer_only_loops), IGNORE_INDEX, dtype=torch.long)
