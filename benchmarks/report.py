@@ -62,7 +62,8 @@ OOD_RUNS = {
     "ood_hops_no_positions.json": ("depth", "GPT-2 backbone without position embeddings, before the EMA switch"),
     "ood_hops_newton_schulz.json": ("depth", "Newton-Schulz orthogonalised latent (`--latent_newton_schulz true`)"),
     "ood_hops_default_mamba2.json": ("mamba2", "default_mamba2: last-layer memory, no binding conv, Muon on the core, "
-                                               "EMA (not at the targets)"),
+                                               "EMA, 16,000 steps"),
+    "ood_hops_mamba2_6000_steps.json": ("mamba2", "default_mamba2 recipe with 6,000 steps"),
     "ood_hops_mamba2_conv_adamw.json": ("mamba2", "default_mamba2 before: embedding conv, all-layer memory, AdamW, no "
                                                   "EMA"),
     "ood_hops_mamba2_baseline_no_loop.json": ("mamba2", "Mamba2 baseline: no loop (one core pass, answer only)"),
@@ -194,11 +195,12 @@ def largest_fall(curve):
 
 # The CTR ablation tables, and what the default row's loss was when each was measured.
 CTR_TABLES = {
-    "ctr_ablations.json": "the default loss with the monotone hinge",
-    "ctr_ablations_no_hinge.json": "the paper's loss, before the monotone hinge",
-    "ctr_ablations_steps6000.json": "the paper's loss, before the monotone hinge",
-    "ctr_ablations_train64.json": "the paper's loss, before the monotone hinge",
-    "ctr_ablations_train16.json": "the paper's loss, before the monotone hinge",
+    "ctr_ablations.json": "the default: the monotone hinge, EMA 0.99",
+    "ctr_ablations_ema999.json": "the monotone hinge, EMA 0.999 (before the 0.99 switch)",
+    "ctr_ablations_no_hinge.json": "the paper's loss, before the monotone hinge, EMA 0.999",
+    "ctr_ablations_steps6000.json": "the paper's loss, before the monotone hinge, EMA 0.999",
+    "ctr_ablations_train64.json": "the paper's loss, before the monotone hinge, EMA 0.999",
+    "ctr_ablations_train16.json": "the paper's loss, before the monotone hinge, EMA 0.999",
 }
 
 
