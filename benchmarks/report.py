@@ -22,11 +22,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # docs/<file> -> (section, what the run is). Sections are rendered in the order of SECTIONS.
 OOD_RUNS = {
     "ood_hops_default.json": ("default", "default (GPT-2 backbone, looped latent core, token halting, Muon on the "
-                                         "core)"),
+                                         "core, 6,500 steps): `make demo`"),
     "ood_hops_default_on_chain.json": ("default", "default, evaluated on the seed's `chain` format"),
-    "ood_hops_default_seed1.json": ("default", "default, second training seed (`--seed 1`)"),
-    "ood_hops_default_5000_steps.json": ("default", "default trained for 5,000 steps instead of 8,000 (`--max_steps "
-                                                    "5000`)"),
+    "ood_hops_default_6000_steps.json": ("default", "default with 6,000 steps (`make demo` with `max_steps: 6000`)"),
+    "ood_hops_default_8000_steps.json": ("default", "default before the step cut: 8,000 steps, tanh GELU in the "
+                                                    "backbone (the config of the Muon rows below)"),
+    "ood_hops_default_8000_steps_on_chain.json": ("default", "default before the step cut (8,000 steps), evaluated on "
+                                                             "the seed's `chain` format"),
+    "ood_hops_default_seed1.json": ("default", "default before the step cut (8,000 steps), second training seed "
+                                               "(`--seed 1`)"),
+    "ood_hops_default_5000_steps.json": ("default", "default before the step cut trained for 5,000 steps instead of "
+                                                    "8,000 (`--max_steps 5000`)"),
     "ood_hops_default_adamw.json": ("default", "default before the Muon switch (AdamW on every weight): the config "
                                                "the trained ablations below change one switch of"),
     "ood_hops_default_adamw_on_chain.json": ("default", "default before the Muon switch, evaluated on the seed's "
