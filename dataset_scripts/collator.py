@@ -12,7 +12,7 @@ IGNORE_INDEX = -100
 
 def tokenize(tokenizer, texts):
     """`tokenizer(texts, padding=True, return_tensors="pt")`, but the lists become tensors here: transformers'
-    `return_tensors` path flattens them in Python, 9 ms of a default training batch's 17 on the CPU."""
+    `return_tensors` path flattens them in Python: a default training batch takes 8 ms instead of 15 on the CPU."""
     return {name: torch.tensor(values) for name, values in tokenizer(texts, padding=True).items()}
 
 
