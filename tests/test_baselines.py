@@ -70,3 +70,9 @@ def test_short_token_recurrence_run_trains_saves_and_evaluates(tmp_path, backbon
     assert model.config.model_type == backbone
     figures = evaluate_examples(model, build_tokenizer(), generate_examples(20, hops=2, seed=9))
     assert figures["per_hop"][2]["n"] == 20 and 0 < figures["per_hop"][2]["mean_loops"] <= 72
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from ood_hops import training_record
+
+    record = training_record(out / "final")  # what benchmarks/ood_hops.py writes next to its figures
+    assert record["training_command"].startswith("python trainers/token_recurrence.py --config ")
+    assert record["trained_hops"] == [1, 5] and record["train_seconds"] > 0

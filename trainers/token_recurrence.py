@@ -8,6 +8,7 @@ only). At test time it decodes greedily: one generated token per hop, as the loo
 The checkpoint is a standard transformers one; `benchmarks/ood_hops.py` evaluates it like any other model.
 """
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -92,14 +93,16 @@ def main(argv=None):
         callbacks=[curriculum] if curriculum else [], recursion_args=recursion_args, data_args=data_args,
         curriculum=curriculum,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     final = os.path.join(training_args.output_dir, "final")
     if trainer.is_world_process_zero():
         model.save_pretrained(final)
         tokenizer.save_pretrained(final)
-        run_config = {"model": vars(model_args), "data": vars(data_args), "recursion": vars(recursion_args),
+        command = " ".join(["python", "trainers/token_recurrence.py", *(sys.argv[1:] if argv is None else argv)])
+        run_config = {"command": command, "model": vars(model_args), "data": vars(data_args), "recursion": vars(recursion_args),
                       "config_file": config_path, "seed": training_args.seed, "baseline": "token_recurrence"}
         Path(final, "training_config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
+        Path(final, "train_results.json").write_text(json.dumps(train_output.metrics, indent=2))  # read by the benchmarks
         print(f"[done] final checkpoint in {final}")
 
 
