@@ -55,6 +55,7 @@ def test_inference_ablations_and_report_render_the_measured_numbers(tmp_path):
     assert f"| 2 | {100 * row['answer_exact_match']:.1f} [{100 * low:.1f}, {100 * high:.1f}]" in tables
     gate = ablations["ablations"]["gate_zeroed"]["1"]["answer_exact_match"]
     assert f"| gate_zeroed | {100 * gate:.1f} |" in tables
+    assert "![default vs baselines](img/baselines.png)" in tables and (docs / "img" / "baselines.png").stat().st_size > 0
     summary = readme.read_text()
     assert "stale" not in summary and summary.endswith("<!-- results:end -->\nafter\n")
     assert f"| answer exact match % | {100 * ood['per_hop']['1']['answer_exact_match']:.1f} |" in summary
