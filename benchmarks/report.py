@@ -80,6 +80,9 @@ OOD_RUNS = {
     "ood_hops_mamba2_baseline_cot_6000_steps.json": ("mamba2", "Mamba2 baseline: token recurrence trained for 6,000 "
                                                                "steps (the budget of the 6,000-step row above)"),
     "ood_hops_lane_arith.json": ("lanes", "`arith` lane adapter on the default model (before the EMA switch)"),
+    "ood_hops_lane_arith_r32.json": ("lanes", "`arith` lane adapter of rank 32 (43,008 parameters, 12.7% of the shared "
+                                              "model, over the 2% target) on the default model, 4,500 steps"),
+    "ood_hops_lane_arith_r32_10k.json": ("lanes", "`arith` lane adapter of rank 32 on the default model, 10,000 steps"),
 }
 # The default of each backbone against its three baselines, one panel each (docs/img/baselines.png).
 BASELINE_PANELS = {
