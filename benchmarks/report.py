@@ -72,7 +72,7 @@ OOD_RUNS = {
     "ood_hops_mamba2_6000_steps.json": ("mamba2", "default_mamba2 recipe with 6,000 steps"),
     "ood_hops_mamba2_conv_adamw.json": ("mamba2", "default_mamba2 before: embedding conv, all-layer memory, AdamW, no "
                                                   "EMA"),
-    "ood_hops_mamba2_baseline_no_loop.json": ("mamba2", "Mamba2 baseline: no loop (one core pass, answer only), 6,000 steps"),
+    "ood_hops_mamba2_baseline_no_loop.json": ("mamba2", "Mamba2 baseline: no loop (one core pass, answer only)"),
     "ood_hops_mamba2_baseline_fixed_depth.json": ("mamba2", "Mamba2 baseline: fixed depth (6 loops, answer only at the "
                                                             "last)"),
     "ood_hops_mamba2_baseline_cot.json": ("mamba2", "Mamba2 baseline: token recurrence (Mamba2 LM writes the path as "
