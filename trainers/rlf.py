@@ -148,6 +148,11 @@ class RecursionArguments:
     )
 
 
+def command_line(script, argv=None):
+    """The command that ran `trainers/<script>` with `argv`, as recorded in a checkpoint's training_config.yaml."""
+    return " ".join(["python", f"trainers/{script}", *(sys.argv[1:] if argv is None else argv)])
+
+
 def parse_arguments(argv=None):
     """`--config FILE.yaml` sets defaults; any `--key value` after it overrides them."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -632,7 +637,7 @@ def main(argv=None):
             f"{model.config.backbone_mode} backbone"
         print(f"[model] {total:,} parameters, {trainable:,} trainable ({what})")
         os.makedirs(training_args.output_dir, exist_ok=True)
-        run_config = {"command": " ".join(["python", "trainers/rlf.py", *argv]), "model": asdict(model_args), "data": asdict(data_args), "recursion": asdict(recursion_args),
+        run_config = {"command": command_line("rlf.py", argv), "model": asdict(model_args), "data": asdict(data_args), "recursion": asdict(recursion_args),
                       "config_file": config_path, "seed": training_args.seed}
         Path(training_args.output_dir, "training_config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
 

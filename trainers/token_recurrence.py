@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rlf import (  # noqa: E402  (trainers/ is a folder of scripts)
-    CurriculumCallback, HopChainStream, RLFTrainer, backbone_config, check_output_dir, parse_arguments,
+    CurriculumCallback, HopChainStream, RLFTrainer, backbone_config, check_output_dir, command_line, parse_arguments,
     validation_examples,
 )
 
@@ -98,9 +98,9 @@ def main(argv=None):
     if trainer.is_world_process_zero():
         model.save_pretrained(final)
         tokenizer.save_pretrained(final)
-        command = " ".join(["python", "trainers/token_recurrence.py", *(sys.argv[1:] if argv is None else argv)])
-        run_config = {"command": command, "model": vars(model_args), "data": vars(data_args), "recursion": vars(recursion_args),
-                      "config_file": config_path, "seed": training_args.seed, "baseline": "token_recurrence"}
+        run_config = {"command": command_line("token_recurrence.py", argv), "model": vars(model_args),
+                      "data": vars(data_args), "recursion": vars(recursion_args), "config_file": config_path,
+                      "seed": training_args.seed, "baseline": "token_recurrence"}
         Path(final, "training_config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
         Path(final, "train_results.json").write_text(json.dumps(train_output.metrics, indent=2))  # read by the benchmarks
         print(f"[done] final checkpoint in {final}")
