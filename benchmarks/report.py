@@ -157,15 +157,19 @@ def baselines_plot(docs):
 
     fig, axes = plt.subplots(1, len(BASELINE_PANELS), figsize=(12, 4), sharey=True)
     for ax, (title, names) in zip(axes, BASELINE_PANELS.items()):
+        trained = None
         for name, label in zip(names, PANEL_LEGEND):
             if not (docs / name).is_file():
                 continue
-            per_hop = json.loads((docs / name).read_text())["per_hop"]
+            results = json.loads((docs / name).read_text())
+            per_hop, trained = results["per_hop"], trained or results.get("trained_hops")
             hops = sorted(int(h) for h in per_hop)
             ax.plot(hops, [100 * per_hop[str(h)]["answer_exact_match"] for h in hops], marker="o", label=label)
             ax.fill_between(hops, *[[100 * per_hop[str(h)]["answer_exact_match_ci95"][i] for h in hops] for i in (0, 1)],
                             alpha=0.2)
-        ax.axvspan(0.5, 5.5, color="grey", alpha=0.15, label="trained hops (1-5)")
+        if trained and None not in trained:  # the range the default (and its baselines) trained on
+            ax.axvspan(trained[0] - 0.5, trained[1] + 0.5, color="grey", alpha=0.15,
+                       label=f"trained hops ({trained[0]}-{trained[1]})")
         ax.set_xscale("log", base=2)
         ax.set_xticks([1, 2, 4, 8, 16, 32, 64], ["1", "2", "4", "8", "16", "32", "64"])
         ax.set_xlabel("hops")
