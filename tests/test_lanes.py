@@ -106,7 +106,11 @@ def test_trainer_trains_a_lane_adapter_and_leaves_the_shared_weights_bit_identic
 
     again = run_trainer(tmp_path, "--output_dir", str(tmp_path / "again"), "--init_from", str(final), "--lane", "arith")
     assert again.returncode != 0 and "taken or invalid" in again.stderr
-    no_base = run_trainer(tmp_path, "--output_dir", str(tmp_path / "x"), "--lane", "arith")
-    assert no_base.returncode != 0 and "give --init_from CHECKPOINT" in no_base.stderr
+    # Without --init_from the whole new model trains on the lane, which becomes its base lane: no adapter.
+    arith_base = run_trainer(tmp_path, "--output_dir", str(tmp_path / "x"), "--lane", "arith")
+    assert arith_base.returncode == 0, arith_base.stderr[-3000:]
+    assert "(lane `arith` adapter)" not in arith_base.stdout
+    arith_model = RecursiveLatentForCausalLM.from_pretrained(tmp_path / "x" / "final")
+    assert arith_model.config.base_lane == "arith" and arith_model.lanes == ["arith"]
     unknown = run_trainer(tmp_path, "--output_dir", str(tmp_path / "y"), "--lane", "poem")
     assert unknown.returncode != 0 and "--lane must be one of pointer, arith" in unknown.stderr

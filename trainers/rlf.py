@@ -99,7 +99,8 @@ class DataArguments:
     lane: str = field(
         default="pointer",
         metadata={"help": "Task lane (`pointer`, `arith`). A lane other than the --init_from model's base lane trains "
-                          "its own LoRA adapter on the core while every shared weight stays frozen."},
+                          "its own LoRA adapter on the core while every shared weight stays frozen; without "
+                          "--init_from, the whole new model trains on this lane (it becomes its base lane)."},
     )
     variant: str = field(default="shuffled", metadata={"help": "`shuffled` (distractors) or `chain` (seed format)."})
     min_hops: int = field(default=1, metadata={"help": "Fewest hops in training."})
@@ -488,8 +489,6 @@ def load_trained(path, model_args):
 
 def add_lane_adapter(model, lane, model_args):
     """Freeze every shared weight and add the lane's LoRA adapter on the core: only the adapter trains."""
-    if model_args.init_from is None:
-        raise SystemExit(f"error: --lane {lane} trains an adapter on a trained shared model: give --init_from CHECKPOINT")
     model.requires_grad_(False)
     try:
         model.add_lane(lane, r=model_args.lane_r, lora_alpha=model_args.lane_alpha)
@@ -585,7 +584,11 @@ def main(argv=None):
     # The word-level tokenizer, or the pretrained backbone's (or the checkpoint's) own with `<HALT>` added.
     tokenizer = load_tokenizer(model_args.init_from or model_args.backbone_name_or_path)
     words = task_words(tokenizer)
-    model = build_model(model_args, tokenizer) if model_args.init_from is None else load_trained(model_args.init_from, model_args)
+    if model_args.init_from is None:
+        model = build_model(model_args, tokenizer)
+        model.config.base_lane = data_args.lane  # a model trained from scratch is its lane's base model: no adapter
+    else:
+        model = load_trained(model_args.init_from, model_args)
     if data_args.lane != model.config.base_lane:
         add_lane_adapter(model, data_args.lane, model_args)
     train_size = training_args.max_steps * training_args.per_device_train_batch_size * training_args.world_size
