@@ -83,6 +83,8 @@ OOD_RUNS = {
     "ood_hops_lane_arith_r32.json": ("lanes", "`arith` lane adapter of rank 32 (43,008 parameters, 12.7% of the shared "
                                               "model, over the 2% target) on the default model, 4,500 steps"),
     "ood_hops_lane_arith_r32_10k.json": ("lanes", "`arith` lane adapter of rank 32 on the default model, 10,000 steps"),
+    "ood_hops_arith_base.json": ("lanes", "the whole model trained on the `arith` lane from scratch (no adapter; what "
+                                          "the architecture reaches when all its weights learn the task)"),
 }
 # The default of each backbone against its three baselines, one panel each (docs/img/baselines.png).
 BASELINE_PANELS = {
