@@ -183,21 +183,26 @@ def make_example(
     }
 
 
-def make_arith_example(rng: random.Random, hops: int, names: Sequence[str] = VARIABLE_NAMES) -> dict:
+def make_arith_example(
+    rng: random.Random, hops: int, names: Sequence[str] = VARIABLE_NAMES, ops: str = "".join(ARITH_OPS)
+) -> dict:
     """Draw one arithmetic-lane example: a chain of ``hops`` statements mod 10.
 
-    The first statement assigns a digit, each later one applies ``+``, ``-`` or
-    ``*`` with a digit to the previous variable. ``path`` lists the value after
-    each statement in order, so ``path[-1]`` is the answer. Multiplication never
-    uses 0, which would make the answer independent of the earlier hops.
+    The first statement assigns a digit, each later one applies one of ``ops``
+    (``+``, ``-``, ``*``) with a digit to the previous variable. ``path`` lists the
+    value after each statement in order, so ``path[-1]`` is the answer.
+    Multiplication never uses 0, which would make the answer independent of the
+    earlier hops.
     """
     _check_hops(hops, names=names)
+    if not ops or set(ops) - set(ARITH_OPS):
+        raise ValueError(f"ops must be a non-empty string of {''.join(ARITH_OPS)!r}, got {ops!r}")
     names = rng.sample(names, hops)
     value = rng.randrange(10)
     statements = [f"{names[0]} = {value}."]
     path = [str(value)]
     for previous, name in zip(names, names[1:]):
-        op = rng.choice("+-*")
+        op = rng.choice(ops)
         operand = rng.randint(1, 9) if op == "*" else rng.randrange(10)
         value = ARITH_OPS[op](value, operand)
         statements.append(f"{name} = {previous} {op} {operand}.")
@@ -230,7 +235,7 @@ def generate_examples(
         seed: seed of the ``random.Random`` driving generation.
         lane: ``"pointer"`` (:func:`make_example`) or ``"arith"`` (:func:`make_arith_example`).
         **kwargs: forwarded to :func:`make_example` (``num_distractors``, ``distractor_hops``, ``values``,
-            ``names``); the arith lane takes ``names`` and ignores ``values``.
+            ``names``); the arith lane takes ``names`` and ``ops`` and ignores ``values``.
     """
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be an integer >= 0, got {n!r}")
@@ -243,10 +248,10 @@ def generate_examples(
     if lane == "arith":
         # Its values are digits, so a `values` pool does not apply (like `variant`, it is ignored).
         options = {key: value for key, value in kwargs.items() if key != "values"}
-        if set(options) - {"names"}:
-            raise ValueError(f"the arith lane takes only `names`, got {sorted(options)}")
+        if set(options) - {"names", "ops"}:
+            raise ValueError(f"the arith lane takes only `names` and `ops`, got {sorted(options)}")
         for choice in set(hop_choices):
-            _check_hops(choice, **options)
+            make_arith_example(random.Random(0), choice, **options)
 
         def make(rng, hop):
             return make_arith_example(rng, hop, **options)

@@ -204,6 +204,21 @@ def test_generate_examples_rejects_bad_arguments(args, kwargs, match):
         generate_examples(*args, **kwargs)
 
 
+def test_arith_examples_use_only_the_given_ops():
+    rng = random.Random(0)
+    ops_seen = set()
+    for _ in range(50):
+        example = make_arith_example(rng, 6, ops="-*")
+        assert solve_arith(example["prompt"]) == example["path"]
+        ops_seen |= set(re.findall(r" ([-+*]) \d\.", example["prompt"]))
+    assert ops_seen == {"-", "*"}
+    only_plus = generate_examples(20, 4, seed=1, lane="arith", ops="+")
+    assert all(example["prompt"].count(" + ") == 3 for example in only_plus)
+    for bad in ("", "/", "+/"):
+        with pytest.raises(ValueError, match="ops must be a non-empty string of '\\+-\\*'"):
+            make_arith_example(random.Random(0), 3, ops=bad)
+
+
 def test_make_arith_example_rejects_bad_hops():
     with pytest.raises(ValueError, match=r"hops must be an integer >= 1, got 0"):
         make_arith_example(random.Random(0), 0)

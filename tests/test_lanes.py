@@ -1,13 +1,18 @@
 """Lanes: per-task PEFT LoRA adapters on the shared core, routed per example, saved as standard PEFT folders."""
 
+import random
+
 import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
+from dataset_scripts.hop_chains import make_example
+from dataset_scripts.tokenizer import build_tokenizer, task_words
 from recursive_latent import RecursiveLatentForCausalLM
 from tests.conftest import make_config
 from tests.test_trainer import run_trainer
+from trainers.rlf import DataArguments, HopChainStream
 
 
 def model_with_lanes(*lanes, seed=0, **config_kwargs):
@@ -114,3 +119,25 @@ def test_trainer_trains_a_lane_adapter_and_leaves_the_shared_weights_bit_identic
     assert arith_model.config.base_lane == "arith" and arith_model.lanes == ["arith"]
     unknown = run_trainer(tmp_path, "--output_dir", str(tmp_path / "y"), "--lane", "poem")
     assert unknown.returncode != 0 and "--lane must be one of pointer, arith" in unknown.stderr
+
+
+def test_mix_arith_puts_arith_rows_in_a_pointer_models_training_stream(tmp_path):
+    words = task_words(build_tokenizer())
+    mixed = HopChainStream(DataArguments(mix_arith=0.5, arith_ops="+"), words, size=400, seed=0, max_hops=4)
+    rows = [mixed[i] for i in range(400)]
+    arith = [row for row in rows if row["lane"] == "arith"]
+    assert 150 < len(arith) < 250  # binomial(400, 0.5): outside this range has probability < 1e-4
+    assert all(" - " not in row["prompt"] and " * " not in row["prompt"] for row in arith)
+    assert all(row["variant"] == "shuffled" for row in rows if row["lane"] == "pointer")
+    # Without --mix_arith the stream is what it was: no extra random draw, so earlier runs keep their data.
+    plain = HopChainStream(DataArguments(), words, size=50, seed=0, max_hops=4)
+    assert all(plain[i]["lane"] == "pointer" for i in range(50))
+    rng = random.Random(7)  # example 7 of seed 0
+    hops = rng.randint(1, 4)
+    assert plain[7] == make_example(rng, hops, num_distractors=(1, 3), distractor_hops=(1, 5), **words)
+
+    # The model trained on the mixture is a plain pointer model: the arith rows train its shared weights.
+    result = run_trainer(tmp_path, "--output_dir", str(tmp_path / "mixed"), "--mix_arith", "0.5", "--arith_ops", "+")
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = RecursiveLatentForCausalLM.from_pretrained(tmp_path / "mixed" / "final")
+    assert model.lanes == ["pointer"]

@@ -29,7 +29,7 @@ from transformers import EarlyStoppingCallback, HfArgumentParser, Trainer, Train
 from transformers.trainer_utils import get_last_checkpoint
 
 from dataset_scripts.collator import LoopLabelCollator, tokenize
-from dataset_scripts.hop_chains import LANES, generate_examples, make_arith_example, make_example
+from dataset_scripts.hop_chains import ARITH_OPS, LANES, generate_examples, make_arith_example, make_example
 from dataset_scripts.tokenizer import load_tokenizer, task_words
 from model_cards.generate import write_model_card
 from recursive_latent import RecursiveLatentConfig, RecursiveLatentForCausalLM
@@ -109,6 +109,13 @@ class DataArguments:
     max_distractors: int = field(default=3, metadata={"help": "Most distractor chains (`shuffled`)."})
     min_distractor_hops: int = field(default=1, metadata={"help": "Shortest distractor chain."})
     max_distractor_hops: int = field(default=5, metadata={"help": "Longest distractor chain."})
+    arith_ops: str = field(default="+-*", metadata={"help": "Operations of the `arith` lane's statements."})
+    mix_arith: float = field(
+        default=0.0,
+        metadata={"help": "Share of a new pointer model's training examples drawn from the `arith` lane (with "
+                          "--arith_ops): its shared weights then learn from both tasks, as TREX's shared body does. "
+                          "Validation and the curriculum stay on `pointer`."},
+    )
     eval_hops: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6, 8, 10], metadata={"help": "Hops at eval."})
     eval_size: int = field(default=200, metadata={"help": "Fresh validation prompts per hop count at each eval."})
 
@@ -186,11 +193,11 @@ def parse_arguments(argv=None):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def example_kwargs(data_args, words):
-    """Options for `make_example` / `generate_examples`: the `shuffled` variant's distractor settings and the
-    tokenizer's name and value pools (`words`, from `task_words`)."""
-    if data_args.lane == "arith":
-        return {"names": words["names"]}
+def example_kwargs(data_args, words, lane=None):
+    """Options for `make_example` / `generate_examples` in `lane` (default: the run's): the `shuffled` variant's
+    distractor settings and the tokenizer's name and value pools (`words`, from `task_words`), or the arith ops."""
+    if (lane or data_args.lane) == "arith":
+        return {"names": words["names"], "ops": data_args.arith_ops}
     return dict(
         num_distractors=(data_args.min_distractors, data_args.max_distractors),
         distractor_hops=(data_args.min_distractor_hops, data_args.max_distractor_hops),
@@ -204,7 +211,8 @@ class HopChainStream(torch.utils.data.Dataset):
 
     def __init__(self, data_args, words, size, seed, max_hops, fixed_hops=None, extra_loops=0):
         self.data_args, self.size, self.seed, self.max_hops, self.fixed_hops = data_args, size, seed, max_hops, fixed_hops
-        self.options, self.extra_loops = example_kwargs(data_args, words), extra_loops
+        self.options = {lane: example_kwargs(data_args, words, lane) for lane in LANES}
+        self.extra_loops = extra_loops
 
     def __len__(self):
         return self.size
@@ -213,10 +221,11 @@ class HopChainStream(torch.utils.data.Dataset):
         args = self.data_args
         rng = random.Random(self.seed * 1_000_003 + index)
         hops = self.fixed_hops or rng.randint(args.min_hops, self.max_hops)
-        if args.lane == "arith":
-            example = make_arith_example(rng, hops, **self.options)
+        # The draw for --mix_arith happens only when it is on, so runs without it keep their data.
+        if args.lane == "arith" or (args.mix_arith and rng.random() < args.mix_arith):
+            example = make_arith_example(rng, hops, **self.options["arith"])
         else:
-            example = make_example(rng, hops, variant=args.variant, **self.options)
+            example = make_example(rng, hops, variant=args.variant, **self.options["pointer"])
         if self.extra_loops:
             example["loop_targets"] = example["loop_targets"] + ["<HALT>"] * rng.randint(0, self.extra_loops)
         return example
@@ -380,12 +389,14 @@ class RLFTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         config = self.accelerator.unwrap_model(model).config
+        # Lanes route rows to adapters; a model without any trains its shared weights on every row (--mix_arith).
+        lanes = inputs.get("lanes") if config.lane_adapters else None
         mask = inputs["attention_mask"]
         positions = offset_positions(mask, getattr(config.backbone_config, "n_positions", None),
                                      self.recursion_args.position_offsets)
         outputs = model(
             input_ids=inputs["input_ids"], attention_mask=mask, loop_labels=inputs["loop_labels"],
-            position_ids=positions, grad_loops=self.recursion_args.grad_loops, lanes=inputs.get("lanes"),
+            position_ids=positions, grad_loops=self.recursion_args.grad_loops, lanes=lanes,
             answer_ids=inputs["answer_ids"], hold_answer=self.recursion_args.extra_loops > 0,
         )
         if not torch.isfinite(outputs.loss):
@@ -556,6 +567,13 @@ def main(argv=None):
                          f"{recursion_args.extra_loops} extra loops: give --max_loops {longest}")
     if data_args.lane not in LANES:
         raise SystemExit(f"error: --lane must be one of {', '.join(LANES)} (got {data_args.lane!r})")
+    if not data_args.arith_ops or set(data_args.arith_ops) - set(ARITH_OPS):
+        raise SystemExit(f"error: --arith_ops must be some of {''.join(ARITH_OPS)!r} (got {data_args.arith_ops!r})")
+    if not 0 <= data_args.mix_arith < 1:
+        raise SystemExit(f"error: --mix_arith must be in [0, 1) (got {data_args.mix_arith})")
+    if data_args.mix_arith and (data_args.lane != "pointer" or model_args.init_from):
+        raise SystemExit("error: --mix_arith trains a new pointer model's shared weights on arith rows too; "
+                         "it does not apply to --lane arith or to --init_from")
     if recursion_args.ema_decay is not None and not 0 < recursion_args.ema_decay < 1:
         raise SystemExit(f"error: --ema_decay must be between 0 and 1 (got {recursion_args.ema_decay})")
     resume = training_args.resume_from_checkpoint
