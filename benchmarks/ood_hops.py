@@ -27,19 +27,20 @@ BENCHMARK_SEED = 1_000_000  # far from the trainer's seeds (training streams use
 
 
 def training_record(model_dir):
-    """What the trainer wrote into a local checkpoint about its run: the trained hop range, the command line and the
-    training wall time (None where the checkpoint does not say)."""
+    """What the trainer wrote into a local checkpoint about its run: the trained hop range (up to the hops its
+    curriculum reached, where the checkpoint records them), the command line and the training wall time (None where
+    the checkpoint does not say)."""
     model_dir = Path(model_dir)
     record = {"trained_hops": None, "training_command": None, "train_seconds": None}
+    results_file = model_dir / "train_results.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    record["train_seconds"] = results.get("train_runtime")
     config_file = model_dir / "training_config.yaml"
     if config_file.is_file():
         run_config = yaml.safe_load(config_file.read_text())
         data = run_config.get("data", {})
-        record["trained_hops"] = [data.get("min_hops"), data.get("max_hops")]
+        record["trained_hops"] = [data.get("min_hops"), results.get("trained_max_hops", data.get("max_hops"))]
         record["training_command"] = run_config.get("command")
-    results_file = model_dir / "train_results.json"
-    if results_file.is_file():
-        record["train_seconds"] = json.loads(results_file.read_text()).get("train_runtime")
     return record
 
 

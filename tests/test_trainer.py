@@ -60,7 +60,9 @@ def test_short_run_learns_saves_loads_and_resumes(tmp_path):
     final = out / "final"
     assert {"config.json", "model.safetensors", "modeling_recursive.py", "tokenizer.json", "README.md",
             "training_config.yaml", "train_results.json"} <= set(os.listdir(final))
-    assert json.loads((final / "train_results.json").read_text())["train_runtime"] > 0
+    train_results = json.loads((final / "train_results.json").read_text())
+    assert train_results["train_runtime"] > 0
+    assert train_results["trained_max_hops"] == 2 + result.stdout.count("[curriculum]")  # from 2 hops, one per step up
     assert "--output_dir" in (final / "training_config.yaml").read_text()  # the command line is recorded
     history = losses(out / "checkpoint-24" / "trainer_state.json")
     assert history[-1] < history[0]

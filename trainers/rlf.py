@@ -683,7 +683,9 @@ def main(argv=None):
         Path(final_dir, "training_config.yaml").write_text(
             Path(training_args.output_dir, "training_config.yaml").read_text()
         )
-        Path(final_dir, "train_results.json").write_text(json.dumps(train_output.metrics, indent=2))
+        # The hops the curriculum reached, which may fall short of --max_hops: the benchmarks' trained range.
+        metrics = {**train_output.metrics, "trained_max_hops": train_data.max_hops}
+        Path(final_dir, "train_results.json").write_text(json.dumps(metrics, indent=2))
         write_model_card(final_dir)
         print(f"[done] final checkpoint in {final_dir}")
         if push_to:

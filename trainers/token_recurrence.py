@@ -102,7 +102,9 @@ def main(argv=None):
                       "data": vars(data_args), "recursion": vars(recursion_args), "config_file": config_path,
                       "seed": training_args.seed, "baseline": "token_recurrence"}
         Path(final, "training_config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
-        Path(final, "train_results.json").write_text(json.dumps(train_output.metrics, indent=2))  # read by the benchmarks
+        # Read by the benchmarks, with the hops the curriculum reached (their trained range).
+        metrics = {**train_output.metrics, "trained_max_hops": train_data.max_hops}
+        Path(final, "train_results.json").write_text(json.dumps(metrics, indent=2))
         print(f"[done] final checkpoint in {final}")
 
 
