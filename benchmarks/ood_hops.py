@@ -15,33 +15,15 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dataset_scripts.hop_chains import LANES, generate_examples
 from dataset_scripts.tokenizer import task_words
+from model_cards.generate import training_record
 from recursive_latent.evaluation import evaluate_examples
 
 DEFAULT_HOPS = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 64]
 BENCHMARK_SEED = 1_000_000  # far from the trainer's seeds (training streams use small seeds, validation 10,000+h)
-
-
-def training_record(model_dir):
-    """What the trainer wrote into a local checkpoint about its run: the trained hop range (up to the hops its
-    curriculum reached, where the checkpoint records them), the command line and the training wall time (None where
-    the checkpoint does not say)."""
-    model_dir = Path(model_dir)
-    record = {"trained_hops": None, "training_command": None, "train_seconds": None}
-    results_file = model_dir / "train_results.json"
-    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    record["train_seconds"] = results.get("train_runtime")
-    config_file = model_dir / "training_config.yaml"
-    if config_file.is_file():
-        run_config = yaml.safe_load(config_file.read_text())
-        data = run_config.get("data", {})
-        record["trained_hops"] = [data.get("min_hops"), results.get("trained_max_hops", data.get("max_hops"))]
-        record["training_command"] = run_config.get("command")
-    return record
 
 
 def run(model_dir, variant, hops_list, n, batch_size, seed, lane="pointer"):

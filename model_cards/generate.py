@@ -13,6 +13,24 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 TEMPLATE = Path(__file__).with_name("template.md")
 
 
+def training_record(model_dir):
+    """What the trainer wrote into a local checkpoint about its run: the trained hop range (up to the hops its
+    curriculum reached, where the checkpoint records them), the command line and the training wall time (None where
+    the checkpoint does not say)."""
+    model_dir = Path(model_dir)
+    record = {"trained_hops": None, "training_command": None, "train_seconds": None}
+    results_file = model_dir / "train_results.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    record["train_seconds"] = results.get("train_runtime")
+    config_file = model_dir / "training_config.yaml"
+    if config_file.is_file():
+        run_config = yaml.safe_load(config_file.read_text())
+        data = run_config.get("data", {})
+        record["trained_hops"] = [data.get("min_hops"), results.get("trained_max_hops", data.get("max_hops"))]
+        record["training_command"] = run_config.get("command")
+    return record
+
+
 def eval_results(results, dataset_name):
     """One `model-index` entry per hop count and metric, with the numbers exactly as in the benchmark JSON."""
     entries = []
@@ -56,6 +74,7 @@ def build_model_card(checkpoint_dir, results_path=None, repo_id=None):
     config = json.loads((checkpoint_dir / "config.json").read_text())
     config_file = checkpoint_dir / "training_config.yaml"
     training = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+    trained_hops = training_record(checkpoint_dir)["trained_hops"] or ["?", "?"]
     results_path = Path(results_path) if results_path else checkpoint_dir / "ood_hops.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else None
     name = repo_id or checkpoint_dir.resolve().name
@@ -68,7 +87,7 @@ def build_model_card(checkpoint_dir, results_path=None, repo_id=None):
         card_data, template_path=str(TEMPLATE), model_name=name, repo_or_path=repo_id or str(checkpoint_dir),
         backbone_type=config["backbone_config"]["model_type"], backbone_mode=config["backbone_mode"],
         core_design=config["core_design"], core_block=config["core_block"], variant=data.get("variant", "?"),
-        train_hops=f"{data.get('min_hops', '?')}-{data.get('max_hops', '?')}", results_table=results_table(results),
+        train_hops="-".join(map(str, trained_hops)), results_table=results_table(results),
         training_config=yaml.safe_dump(training, sort_keys=False).strip(), limits=limits(results),
     )
     return card

@@ -63,6 +63,7 @@ def test_short_run_learns_saves_loads_and_resumes(tmp_path):
     train_results = json.loads((final / "train_results.json").read_text())
     assert train_results["train_runtime"] > 0
     assert train_results["trained_max_hops"] == 2 + result.stdout.count("[curriculum]")  # from 2 hops, one per step up
+    assert f"with 1-{train_results['trained_max_hops']} hops." in (final / "README.md").read_text()  # the model card
     assert "--output_dir" in (final / "training_config.yaml").read_text()  # the command line is recorded
     history = losses(out / "checkpoint-24" / "trainer_state.json")
     assert history[-1] < history[0]
