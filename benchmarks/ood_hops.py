@@ -26,14 +26,17 @@ DEFAULT_HOPS = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 64]
 BENCHMARK_SEED = 1_000_000  # far from the trainer's seeds (training streams use small seeds, validation 10,000+h)
 
 
-def run(model_dir, variant, hops_list, n, batch_size, seed, lane="pointer"):
+def run(model_dir, variant, hops_list, n, batch_size, seed, lane="pointer", arith_ops=None, shared_only=False):
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True).eval()
     per_hop, speeds = {}, {}
     words = task_words(tokenizer)
     for hops in hops_list:
-        examples = generate_examples(n, hops, variant=variant, seed=seed + hops, lane=lane, **words)
+        options = {"ops": arith_ops} if lane == "arith" and arith_ops else {}
+        examples = generate_examples(n, hops, variant=variant, seed=seed + hops, lane=lane, **words, **options)
+        if shared_only:  # no lane: every row runs on the shared weights, with no adapter
+            examples = [{key: value for key, value in example.items() if key != "lane"} for example in examples]
         result = evaluate_examples(model, tokenizer, examples, batch_size=batch_size)
         per_hop[hops] = result["per_hop"][hops]
         per_hop[hops]["examples_per_second"] = result["examples_per_second"]
@@ -80,6 +83,9 @@ def main():
     parser.add_argument("--model", required=True, help="checkpoint directory (or Hub id)")
     parser.add_argument("--variant", default="shuffled", choices=["shuffled", "chain"])
     parser.add_argument("--lane", default="pointer", choices=LANES, help="task lane (`arith` prompts are chains)")
+    parser.add_argument("--arith_ops", default=None, help="the `arith` lane's operations (default: all, `+-*`)")
+    parser.add_argument("--shared_only", action="store_true",
+                        help="run the lane's prompts on the shared weights without its adapter (what the adapter adds)")
     parser.add_argument("--hops", type=int, nargs="+", default=DEFAULT_HOPS)
     parser.add_argument("--n", type=int, default=1000, help="fresh prompts per hop count")
     parser.add_argument("--batch_size", type=int, default=256)
@@ -92,10 +98,12 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
-    per_hop = run(args.model, args.variant, args.hops, args.n, args.batch_size, args.seed, args.lane)
+    per_hop = run(args.model, args.variant, args.hops, args.n, args.batch_size, args.seed, args.lane, args.arith_ops,
+                  args.shared_only)
     results = {
         "command": " ".join(["python", "benchmarks/ood_hops.py", *sys.argv[1:]]),
         "model": str(args.model), "lane": args.lane, "variant": "chain" if args.lane == "arith" else args.variant,
+        "arith_ops": args.arith_ops, "shared_only": args.shared_only,
         "n": args.n, "seed": args.seed,
         **training_record(args.model), "per_hop": per_hop,
         "seconds": time.perf_counter() - start,

@@ -1,6 +1,7 @@
 """Lanes: per-task PEFT LoRA adapters on the shared core, routed per example, saved as standard PEFT folders."""
 
 import random
+import sys
 
 import pytest
 import torch
@@ -9,9 +10,9 @@ from safetensors.torch import load_file
 
 from dataset_scripts.hop_chains import make_example
 from dataset_scripts.tokenizer import build_tokenizer, task_words
-from recursive_latent import RecursiveLatentForCausalLM
-from tests.conftest import make_config
-from tests.test_trainer import run_trainer
+from recursive_latent import RecursiveLatentConfig, RecursiveLatentForCausalLM
+from tests.conftest import TINY_GPT2, make_config
+from tests.test_trainer import ROOT, run_trainer
 from trainers.rlf import DataArguments, HopChainStream
 
 
@@ -141,3 +142,30 @@ def test_mix_arith_puts_arith_rows_in_a_pointer_models_training_stream(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     model = RecursiveLatentForCausalLM.from_pretrained(tmp_path / "mixed" / "final")
     assert model.lanes == ["pointer"]
+
+
+def test_benchmark_runs_a_lane_on_the_shared_weights_alone_when_asked(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from ood_hops import run
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    config = RecursiveLatentConfig(backbone_config=dict(TINY_GPT2, vocab_size=len(tokenizer)), max_loops=4,
+                                   max_inference_loops=6, pad_token_id=tokenizer.pad_token_id)
+    model = RecursiveLatentForCausalLM(config)
+    with torch.no_grad():  # some rows halt early, so the loop counts tell the runs apart
+        model.get_output_embeddings().weight[tokenizer.convert_tokens_to_ids("<HALT>")] *= 30
+    for p in model.add_lane("arith"):
+        torch.nn.init.normal_(p, std=0.5)
+    model.save_pretrained(tmp_path / "lane")
+    RecursiveLatentForCausalLM.from_pretrained(tmp_path / "lane", lane_adapters=[]).save_pretrained(tmp_path / "plain")
+    for folder in ("lane", "plain"):
+        tokenizer.save_pretrained(tmp_path / folder)
+
+    def figures(folder, shared_only):
+        per_hop = run(tmp_path / folder, "chain", [2, 3], 64, 32, 7, lane="arith", shared_only=shared_only)
+        return [(row["answer_exact_match"], row["trace_exact_match"], row["mean_loops"]) for row in per_hop.values()]
+
+    shared = figures("lane", shared_only=True)
+    assert shared == figures("plain", shared_only=True)  # the same shared weights, no adapter
+    assert shared != figures("lane", shared_only=False)  # the adapter changes the outputs
