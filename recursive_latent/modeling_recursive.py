@@ -182,6 +182,16 @@ class RecursiveLatentPreTrainedModel(PreTrainedModel):
         if isinstance(module, RecursiveLatentModel) and module.gate is not None:
             module.gate.fill_(self.config.lifeline_gate_init)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, then a `frozen` or `lora` backbone frozen again: loading makes every
+        weight it loads trainable."""
+        model = super().from_pretrained(*args, **kwargs)
+        for module in model.modules():
+            if isinstance(module, RecursiveLatentModel) and module.config.backbone_mode != "full":
+                module.freeze_backbone()
+        return model
+
 
 @dataclass
 class RecursiveLatentModelOutput(ModelOutput):

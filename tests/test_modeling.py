@@ -2,7 +2,7 @@ import itertools
 
 import pytest
 import torch
-from transformers import AutoModel, GPT2Config, GPT2Model, Mamba2Config, Mamba2Model
+from transformers import AutoModel, AutoModelForCausalLM, GPT2Config, GPT2Model, Mamba2Config, Mamba2Model
 
 from recursive_latent import RecursiveLatentForCausalLM
 
@@ -135,6 +135,15 @@ def test_binding_conv_placement(binding_conv, batch):
     assert sees_previous_token == (binding_conv == "embeddings")
     if binding_conv != "none":
         assert model.model.binding.conv.weight.requires_grad == (binding_conv == "memory")
+
+
+@pytest.mark.parametrize("auto_class", [AutoModel, AutoModelForCausalLM])
+def test_a_frozen_backbone_stays_frozen_after_loading(tmp_path, auto_class):
+    build(backbone_mode="frozen").save_pretrained(tmp_path)
+    loaded = auto_class.from_pretrained(tmp_path)
+    trainable = {name for name, p in loaded.named_parameters() if p.requires_grad}
+    assert trainable and not any(".backbone." in name or name.startswith("backbone.") for name in trainable)
+    assert any("blocks.0.mlp.up" in name for name in trainable)
 
 
 def test_left_and_right_padding_agree(batch):
