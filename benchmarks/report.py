@@ -44,6 +44,8 @@ OOD_RUNS = {
     "ood_hops_baseline_cot.json": ("baselines", "baseline: token recurrence (GPT-2 LM writes the path as tokens)"),
     "ood_hops_ablation_no_lifeline.json": ("ablations", "no lifeline (`--lifeline false`), before the EMA switch"),
     "ood_hops_ablation_loop_rotary.json": ("ablations", "loop rotary on (`--loop_rotary true`), before the EMA switch"),
+    "ood_hops_ablation_no_latent_norm.json": ("ablations", "no LayerNorm on the latent after each loop "
+                                                           "(`--latent_norm false`)"),
     "ood_hops_ablation_ema.json": ("ablations", "EMA of the weights (`--ema_decay 0.999`), the switch to the default"),
     "ood_hops_ablation_truncated_bptt.json": ("ablations", "truncated backprop, last 2 loops of the batch "
                                                            "(`--grad_loops 2`)"),
@@ -58,6 +60,12 @@ OOD_RUNS = {
     "ood_hops_distractors_0_4_on_chain.json": ("ablations", "0-4 distractor chains in training, evaluated on the "
                                                             "seed's `chain` format"),
     "ood_hops_ablation_mamba2_core.json": ("ablations", "Mamba2 block as the core (`--core_block mamba2`)"),
+    "ood_hops_ablation_frozen_no_positions.json": ("ablations", "frozen backbone without position embeddings "
+                                                                "(`--backbone_mode frozen --backbone_positions false`)"),
+    "ood_hops_ablation_frozen_no_positions_more.json": ("ablations", "frozen backbone without position embeddings + "
+                                                                     "6,000 more steps on 1-5 hops"),
+    "ood_hops_ablation_frozen_long_prompts.json": ("ablations", "that frozen model + 4,000 more steps with 1-12 "
+                                                                "distractor chains (longer prompts)"),
     "ood_hops_halt_head_extra_loops.json": ("depth", "from scratch, before the EMA switch: halting head + 0-4 extra "
                                                      "loops past <HALT>"),
     "ood_hops_finetune_control.json": ("depth", "default before the EMA switch + 2,000 more steps as it was trained "
@@ -70,6 +78,11 @@ OOD_RUNS = {
     "ood_hops_default_mamba2.json": ("mamba2", "default_mamba2: last-layer memory, no binding conv, Muon on the core, "
                                                "EMA, 16,000 steps"),
     "ood_hops_mamba2_6000_steps.json": ("mamba2", "default_mamba2 recipe with 6,000 steps"),
+    "ood_hops_mamba2_long_prompts.json": ("mamba2", "default_mamba2 + 3,000 steps on 1-5 hops with 1-12 distractor "
+                                                    "chains (longer prompts)"),
+    "ood_hops_mamba2_long_prompts_2.json": ("mamba2", "that run + 3,000 more steps with 1-12 distractor chains"),
+    "ood_hops_mamba2_long_prompts_control.json": ("mamba2", "default_mamba2 + 3,000 steps on 1-5 hops with its 1-3 "
+                                                            "distractor chains (control)"),
     "ood_hops_mamba2_conv_adamw.json": ("mamba2", "default_mamba2 before: embedding conv, all-layer memory, AdamW, no "
                                                   "EMA"),
     "ood_hops_mamba2_baseline_no_loop.json": ("mamba2", "Mamba2 baseline: no loop (one core pass, answer only)"),
@@ -85,6 +98,13 @@ OOD_RUNS = {
     "ood_hops_lane_arith_r32_10k.json": ("lanes", "`arith` lane adapter of rank 32 on the default model, 10,000 steps"),
     "ood_hops_arith_base.json": ("lanes", "the whole model trained on the `arith` lane from scratch (no adapter; what "
                                           "the architecture reaches when all its weights learn the task)"),
+    "ood_hops_mix_base.json": ("lanes", "shared model trained with a quarter of its rows from `+`-only arith chains "
+                                        "(`--mix_arith 0.25 --arith_ops +`), on the pointer lane"),
+    "ood_hops_mix_base_arith_plus_shared.json": ("lanes", "that shared model on `+`-only arith chains, no adapter"),
+    "ood_hops_mix_base_arith_shared.json": ("lanes", "that shared model on arith chains with `+ - *`, no adapter"),
+    "ood_hops_mix_lane_arith_20k.json": ("lanes", "`arith` lane adapter of rank 5 (6,720 parameters, 1.98%) on that "
+                                                  "shared model, 20,000 steps"),
+    "ood_hops_mix_lane_arith_30k.json": ("lanes", "`arith` lane adapter of rank 5 on that shared model, 30,000 steps"),
 }
 # The default of each backbone against its three baselines, one panel each (docs/img/baselines.png).
 BASELINE_PANELS = {
