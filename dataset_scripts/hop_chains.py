@@ -183,6 +183,12 @@ def make_example(
     }
 
 
+def check_arith_ops(ops: str) -> None:
+    """Raise if ``ops`` is not a non-empty string of the arith lane's operations."""
+    if not ops or set(ops) - set(ARITH_OPS):
+        raise ValueError(f"ops must be a non-empty string of {''.join(ARITH_OPS)!r}, got {ops!r}")
+
+
 def make_arith_example(
     rng: random.Random, hops: int, names: Sequence[str] = VARIABLE_NAMES, ops: str = "".join(ARITH_OPS)
 ) -> dict:
@@ -195,8 +201,7 @@ def make_arith_example(
     earlier hops.
     """
     _check_hops(hops, names=names)
-    if not ops or set(ops) - set(ARITH_OPS):
-        raise ValueError(f"ops must be a non-empty string of {''.join(ARITH_OPS)!r}, got {ops!r}")
+    check_arith_ops(ops)
     names = rng.sample(names, hops)
     value = rng.randrange(10)
     statements = [f"{names[0]} = {value}."]

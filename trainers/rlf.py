@@ -29,7 +29,7 @@ from transformers import EarlyStoppingCallback, HfArgumentParser, Trainer, Train
 from transformers.trainer_utils import get_last_checkpoint
 
 from dataset_scripts.collator import LoopLabelCollator, tokenize
-from dataset_scripts.hop_chains import ARITH_OPS, LANES, generate_examples, make_arith_example, make_example
+from dataset_scripts.hop_chains import ARITH_OPS, LANES, check_arith_ops, generate_examples, make_arith_example, make_example
 from dataset_scripts.tokenizer import load_tokenizer, task_words
 from model_cards.generate import write_model_card
 from recursive_latent import RecursiveLatentConfig, RecursiveLatentForCausalLM
@@ -265,6 +265,13 @@ def offset_positions(attention_mask, max_positions, enabled):
 # ----------------------------------------------------------------------------------------------------------------
 # Curriculum and trainers
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def write_train_results(final_dir, train_output, train_data):
+    """`train_results.json`, read by the benchmarks: the Trainer's metrics and the hops the curriculum reached, which
+    may fall short of --max_hops (the trained range)."""
+    metrics = {**train_output.metrics, "trained_max_hops": train_data.max_hops}
+    Path(final_dir, "train_results.json").write_text(json.dumps(metrics, indent=2))
 
 
 def checkpoint_file(args, state, name):
@@ -567,8 +574,10 @@ def main(argv=None):
                          f"{recursion_args.extra_loops} extra loops: give --max_loops {longest}")
     if data_args.lane not in LANES:
         raise SystemExit(f"error: --lane must be one of {', '.join(LANES)} (got {data_args.lane!r})")
-    if not data_args.arith_ops or set(data_args.arith_ops) - set(ARITH_OPS):
-        raise SystemExit(f"error: --arith_ops must be some of {''.join(ARITH_OPS)!r} (got {data_args.arith_ops!r})")
+    try:
+        check_arith_ops(data_args.arith_ops)
+    except ValueError:
+        raise SystemExit(f"error: --arith_ops must be some of {''.join(ARITH_OPS)!r} (got {data_args.arith_ops!r})") from None
     if not 0 <= data_args.mix_arith < 1:
         raise SystemExit(f"error: --mix_arith must be in [0, 1) (got {data_args.mix_arith})")
     if data_args.mix_arith and (data_args.lane != "pointer" or model_args.init_from):
@@ -683,9 +692,7 @@ def main(argv=None):
         Path(final_dir, "training_config.yaml").write_text(
             Path(training_args.output_dir, "training_config.yaml").read_text()
         )
-        # The hops the curriculum reached, which may fall short of --max_hops: the benchmarks' trained range.
-        metrics = {**train_output.metrics, "trained_max_hops": train_data.max_hops}
-        Path(final_dir, "train_results.json").write_text(json.dumps(metrics, indent=2))
+        write_train_results(final_dir, train_output, train_data)
         write_model_card(final_dir)
         print(f"[done] final checkpoint in {final_dir}")
         if push_to:

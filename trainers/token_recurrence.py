@@ -8,7 +8,6 @@ only). At test time it decodes greedily: one generated token per hop, as the loo
 The checkpoint is a standard transformers one; `benchmarks/ood_hops.py` evaluates it like any other model.
 """
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rlf import (  # noqa: E402  (trainers/ is a folder of scripts)
     CurriculumCallback, HopChainStream, RLFTrainer, backbone_config, check_output_dir, command_line, parse_arguments,
-    validation_examples,
+    validation_examples, write_train_results,
 )
 
 from dataset_scripts.tokenizer import HALT_TOKEN, build_tokenizer, task_words  # noqa: E402
@@ -102,9 +101,7 @@ def main(argv=None):
                       "data": vars(data_args), "recursion": vars(recursion_args), "config_file": config_path,
                       "seed": training_args.seed, "baseline": "token_recurrence"}
         Path(final, "training_config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
-        # Read by the benchmarks, with the hops the curriculum reached (their trained range).
-        metrics = {**train_output.metrics, "trained_max_hops": train_data.max_hops}
-        Path(final, "train_results.json").write_text(json.dumps(metrics, indent=2))
+        write_train_results(final, train_output, train_data)
         print(f"[done] final checkpoint in {final}")
 
 
