@@ -110,8 +110,17 @@ def test_trainer_trains_a_lane_adapter_and_leaves_the_shared_weights_bit_identic
     # The adapter trained: it is no longer the identity LoRA starts as (B = 0).
     assert any(p.abs().max() > 0 for name, p in model.named_parameters() if ".lora_B.arith." in name)
 
+    # From a checkpoint that has the lane's adapter, that adapter trains on (no second one); shared weights stay.
     again = run_trainer(tmp_path, "--output_dir", str(tmp_path / "again"), "--init_from", str(final), "--lane", "arith")
-    assert again.returncode != 0 and "taken or invalid" in again.stderr
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{lane_params:,} trainable (lane `arith` adapter)" in again.stdout
+    continued = RecursiveLatentForCausalLM.from_pretrained(tmp_path / "again" / "final")
+    assert continued.lanes == ["pointer", "arith"]
+    shared_again = load_file(tmp_path / "again" / "final" / "model.safetensors")
+    assert all(torch.equal(shared_before[k], shared_again[k]) for k in shared_before)
+    before, after = dict(model.named_parameters()), dict(continued.named_parameters())
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before if ".lora_" in k)
     # Without --init_from the whole new model trains on the lane, which becomes its base lane: no adapter.
     arith_base = run_trainer(tmp_path, "--output_dir", str(tmp_path / "x"), "--lane", "arith")
     assert arith_base.returncode == 0, arith_base.stderr[-3000:]

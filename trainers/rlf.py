@@ -99,8 +99,9 @@ class DataArguments:
     lane: str = field(
         default="pointer",
         metadata={"help": "Task lane (`pointer`, `arith`). A lane other than the --init_from model's base lane trains "
-                          "its own LoRA adapter on the core while every shared weight stays frozen; without "
-                          "--init_from, the whole new model trains on this lane (it becomes its base lane)."},
+                          "its own LoRA adapter on the core while every shared weight stays frozen (if the checkpoint has "
+                          "this lane's adapter already, that one trains on); without --init_from, the whole new "
+                          "model trains on this lane (it becomes its base lane)."},
     )
     variant: str = field(default="shuffled", metadata={"help": "`shuffled` (distractors) or `chain` (seed format)."})
     min_hops: int = field(default=1, metadata={"help": "Fewest hops in training."})
@@ -506,8 +507,13 @@ def load_trained(path, model_args):
 
 
 def add_lane_adapter(model, lane, model_args):
-    """Freeze every shared weight and add the lane's LoRA adapter on the core: only the adapter trains."""
+    """Freeze every shared weight and add the lane's LoRA adapter on the core: only the adapter trains. If the
+    checkpoint already has this lane's adapter, that one trains on (with its saved rank and alpha)."""
     model.requires_grad_(False)
+    if lane in model.config.lane_adapters:
+        for p in model.lane_parameters(lane):
+            p.requires_grad_(True)
+        return
     try:
         model.add_lane(lane, r=model_args.lane_r, lora_alpha=model_args.lane_alpha)
     except ValueError as error:
