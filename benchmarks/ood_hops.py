@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dataset_scripts.hop_chains import LANES, generate_examples
+from dataset_scripts.hop_chains import LANES, check_arith_ops, generate_examples
 from dataset_scripts.tokenizer import task_words
 from model_cards.generate import training_record
 from recursive_latent.evaluation import evaluate_examples
@@ -94,6 +94,13 @@ def main():
     args = parser.parse_args()
     if args.n < 1 or min(args.hops) < 1:
         parser.error("--n and every --hops value must be >= 1")
+    if args.arith_ops is not None:
+        if args.lane != "arith":
+            parser.error("--arith_ops applies to --lane arith only")
+        try:
+            check_arith_ops(args.arith_ops)
+        except ValueError as error:
+            parser.error(f"--arith_ops: {error}")
     out = Path(args.out or args.model)
     out.mkdir(parents=True, exist_ok=True)
 

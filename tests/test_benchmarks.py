@@ -90,3 +90,11 @@ def test_throughput_writes_speed_memory_and_parameter_counts(tmp_path):
     assert figures["parameters"]["gpt2_124m"]["backbone"] == 124_439_808 + 768
     assert "tiny_gpt2" in figures["parameters"] and figures["command"].startswith("python benchmarks/throughput.py --loops 4")
     assert figures["seconds"] > 0
+
+
+def test_ood_hops_refuses_bad_arith_ops_before_loading_a_model(tmp_path):
+    for extra, message in ((["--lane", "arith", "--arith_ops", "+/"], "--arith_ops: ops must be a non-empty string"),
+                           (["--arith_ops", "+"], "--arith_ops applies to --lane arith only")):
+        command = [sys.executable, str(ROOT / "benchmarks" / "ood_hops.py"), "--model", str(tmp_path / "none"), *extra]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
