@@ -66,6 +66,12 @@ OOD_RUNS = {
                                                                      "6,000 more steps on 1-5 hops"),
     "ood_hops_ablation_frozen_long_prompts.json": ("ablations", "that frozen model + 4,000 more steps with 1-12 "
                                                                 "distractor chains (longer prompts)"),
+    "ood_hops_ablation_lora_no_positions.json": ("ablations", "LoRA r8 on a backbone without position embeddings "
+                                                              "(`--backbone_mode lora --backbone_positions false`, "
+                                                              "8,000 steps)"),
+    "ood_hops_ablation_lora_no_positions_more.json": ("ablations", "that LoRA model + 6,000 more steps on 1-5 hops "
+                                                                   "(no curriculum; new LoRA r8 on its merged "
+                                                                   "backbone)"),
     "ood_hops_halt_head_extra_loops.json": ("depth", "from scratch, before the EMA switch: halting head + 0-4 extra "
                                                      "loops past <HALT>"),
     "ood_hops_finetune_control.json": ("depth", "default before the EMA switch + 2,000 more steps as it was trained "
@@ -105,6 +111,8 @@ OOD_RUNS = {
     "ood_hops_mix_lane_arith_20k.json": ("lanes", "`arith` lane adapter of rank 5 (6,720 parameters, 1.98%) on that "
                                                   "shared model, 20,000 steps"),
     "ood_hops_mix_lane_arith_30k.json": ("lanes", "`arith` lane adapter of rank 5 on that shared model, 30,000 steps"),
+    "ood_hops_mix_lane_arith_50k.json": ("lanes", "that 30,000-step adapter + 20,000 steps on 1-5 hops (no "
+                                                  "curriculum)"),
 }
 # The default of each backbone against its three baselines, one panel each (docs/img/baselines.png).
 BASELINE_PANELS = {
