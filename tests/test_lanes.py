@@ -114,6 +114,7 @@ def test_trainer_trains_a_lane_adapter_and_leaves_the_shared_weights_bit_identic
     again = run_trainer(tmp_path, "--output_dir", str(tmp_path / "again"), "--init_from", str(final), "--lane", "arith")
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"{lane_params:,} trainable (lane `arith` adapter)" in again.stdout
+    assert "training the checkpoint's `arith` adapter on (rank 2;" in again.stdout
     continued = RecursiveLatentForCausalLM.from_pretrained(tmp_path / "again" / "final")
     assert continued.lanes == ["pointer", "arith"]
     shared_again = load_file(tmp_path / "again" / "final" / "model.safetensors")

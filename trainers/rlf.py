@@ -513,6 +513,8 @@ def add_lane_adapter(model, lane, model_args):
     if lane in model.config.lane_adapters:
         for p in model.lane_parameters(lane):
             p.requires_grad_(True)
+        print(f"[lane] training the checkpoint's `{lane}` adapter on (rank {model.peft_config[lane].r}; "
+              f"--lane_r and --lane_alpha apply to new adapters only)")
         return
     try:
         model.add_lane(lane, r=model_args.lane_r, lora_alpha=model_args.lane_alpha)
