@@ -66,6 +66,9 @@ OOD_RUNS = {
                                                                      "6,000 more steps on 1-5 hops"),
     "ood_hops_ablation_frozen_long_prompts.json": ("ablations", "that frozen model + 4,000 more steps with 1-12 "
                                                                 "distractor chains (longer prompts)"),
+    "ood_hops_ablation_frozen_no_positions_no_curriculum.json": ("ablations", "frozen backbone without position "
+                                                                              "embeddings, 1-5 hops from the first step "
+                                                                              "(`--curriculum false`)"),
     "ood_hops_ablation_lora_no_positions.json": ("ablations", "LoRA r8 on a backbone without position embeddings "
                                                               "(`--backbone_mode lora --backbone_positions false`, "
                                                               "8,000 steps)"),
