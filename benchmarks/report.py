@@ -75,6 +75,8 @@ OOD_RUNS = {
     "ood_hops_ablation_lora_no_positions_more.json": ("ablations", "that LoRA model + 6,000 more steps on 1-5 hops "
                                                                    "(no curriculum; new LoRA r8 on its merged "
                                                                    "backbone)"),
+    "ood_hops_ablation_lora_no_positions_more_2.json": ("ablations", "that LoRA model + 6,000 more steps again "
+                                                                     "(20,000 in all)"),
     "ood_hops_halt_head_extra_loops.json": ("depth", "from scratch, before the EMA switch: halting head + 0-4 extra "
                                                      "loops past <HALT>"),
     "ood_hops_finetune_control.json": ("depth", "default before the EMA switch + 2,000 more steps as it was trained "
