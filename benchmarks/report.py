@@ -46,6 +46,8 @@ OOD_RUNS = {
     "ood_hops_ablation_loop_rotary.json": ("ablations", "loop rotary on (`--loop_rotary true`), before the EMA switch"),
     "ood_hops_ablation_no_latent_norm.json": ("ablations", "no LayerNorm on the latent after each loop "
                                                            "(`--latent_norm false`)"),
+    "ood_hops_ablation_no_curriculum.json": ("ablations", "no hop curriculum: 1-5 hops from the first step "
+                                                          "(`--curriculum false`)"),
     "ood_hops_ablation_ema.json": ("ablations", "EMA of the weights (`--ema_decay 0.999`), the switch to the default"),
     "ood_hops_ablation_truncated_bptt.json": ("ablations", "truncated backprop, last 2 loops of the batch "
                                                            "(`--grad_loops 2`)"),
