@@ -90,6 +90,8 @@ OOD_RUNS = {
     "ood_hops_newton_schulz.json": ("depth", "Newton-Schulz orthogonalised latent (`--latent_newton_schulz true`)"),
     "ood_hops_default_mamba2.json": ("mamba2", "default_mamba2: last-layer memory, no binding conv, Muon on the core, "
                                                "EMA, no hop curriculum, 16,000 steps"),
+    "ood_hops_mamba2_default_long_prompts.json": ("mamba2", "default_mamba2 + 3,000 steps on 1-5 hops with 1-12 "
+                                                            "distractor chains (longer prompts)"),
     "ood_hops_mamba2_curriculum.json": ("mamba2", "default_mamba2 with the hop curriculum (the default before), 16,000 "
                                                   "steps"),
     "ood_hops_mamba2_6000_steps.json": ("mamba2", "default_mamba2 with the hop curriculum, 6,000 steps"),
