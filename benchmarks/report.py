@@ -79,6 +79,9 @@ OOD_RUNS = {
                                                                    "backbone)"),
     "ood_hops_ablation_lora_no_positions_more_2.json": ("ablations", "that LoRA model + 6,000 more steps again "
                                                                      "(20,000 in all)"),
+    "ood_hops_ablation_lora_no_positions_long_prompts.json": ("ablations", "that LoRA model + 4,000 steps on 1-5 hops "
+                                                                           "with 1-12 distractor chains (longer "
+                                                                           "prompts)"),
     "ood_hops_halt_head_extra_loops.json": ("depth", "from scratch, before the EMA switch: halting head + 0-4 extra "
                                                      "loops past <HALT>"),
     "ood_hops_finetune_control.json": ("depth", "default before the EMA switch + 2,000 more steps as it was trained "
@@ -92,6 +95,8 @@ OOD_RUNS = {
                                                "EMA, no hop curriculum, 16,000 steps"),
     "ood_hops_mamba2_default_long_prompts.json": ("mamba2", "default_mamba2 + 3,000 steps on 1-5 hops with 1-12 "
                                                             "distractor chains (longer prompts)"),
+    "ood_hops_mamba2_default_long_prompts_2.json": ("mamba2", "that run + 3,000 more steps with 1-12 distractor "
+                                                              "chains"),
     "ood_hops_mamba2_curriculum.json": ("mamba2", "default_mamba2 with the hop curriculum (the default before), 16,000 "
                                                   "steps"),
     "ood_hops_mamba2_6000_steps.json": ("mamba2", "default_mamba2 with the hop curriculum, 6,000 steps"),
