@@ -95,14 +95,17 @@ OOD_RUNS = {
                                                "EMA, no hop curriculum, 16,000 steps"),
     "ood_hops_mamba2_default_long_prompts.json": ("mamba2", "default_mamba2 + 3,000 steps on 1-5 hops with 1-12 "
                                                             "distractor chains (longer prompts)"),
-    "ood_hops_mamba2_default_long_prompts_2.json": ("mamba2", "that run + 3,000 more steps with 1-12 distractor "
-                                                              "chains"),
+    "ood_hops_mamba2_default_long_prompts_2.json": ("mamba2", "that default_mamba2 long-prompt run + 3,000 more "
+                                                              "steps with 1-12 distractor chains"),
+    "ood_hops_mamba2_default_control.json": ("mamba2", "default_mamba2 + 3,000 steps on 1-5 hops with its 1-3 "
+                                                       "distractor chains (control)"),
     "ood_hops_mamba2_curriculum.json": ("mamba2", "default_mamba2 with the hop curriculum (the default before), 16,000 "
                                                   "steps"),
     "ood_hops_mamba2_6000_steps.json": ("mamba2", "default_mamba2 with the hop curriculum, 6,000 steps"),
     "ood_hops_mamba2_long_prompts.json": ("mamba2", "the curriculum run + 3,000 steps on 1-5 hops with 1-12 distractor "
                                                     "chains (longer prompts)"),
-    "ood_hops_mamba2_long_prompts_2.json": ("mamba2", "that run + 3,000 more steps with 1-12 distractor chains"),
+    "ood_hops_mamba2_long_prompts_2.json": ("mamba2", "that curriculum long-prompt run + 3,000 more steps with 1-12 "
+                                                      "distractor chains"),
     "ood_hops_mamba2_long_prompts_control.json": ("mamba2", "the curriculum run + 3,000 steps on 1-5 hops with its 1-3 "
                                                             "distractor chains (control)"),
     "ood_hops_mamba2_conv_adamw.json": ("mamba2", "default_mamba2 before: embedding conv, all-layer memory, AdamW, no "
@@ -187,13 +190,13 @@ def comparison_tables(docs):
         if (docs / name).is_file():
             r = json.loads((docs / name).read_text())
             if r["variant"] == "shuffled" and r.get("lane", "pointer") == "pointer":
-                runs[label] = r
-    hops = sorted({int(h) for r in runs.values() for h in r["per_hop"]})
+                runs[name] = label, r
+    hops = sorted({int(h) for _, r in runs.values() for h in r["per_hop"]})
     lines = []
     for key, title in (("answer_exact_match", "Answer"), ("trace_exact_match", "Trace")):
         lines += [f"### {title} exact match %, every run (`shuffled`)", "",
                   "| run | " + " | ".join(map(str, hops)) + " |", "|---|" + "---|" * len(hops)]
-        for label, r in runs.items():
+        for label, r in runs.values():
             cells = [pct(r["per_hop"][str(h)][key]) if str(h) in r["per_hop"] else "" for h in hops]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
