@@ -508,17 +508,16 @@ def load_trained(path, model_args):
 
 def add_lane_adapter(model, lane, model_args):
     """Freeze every shared weight and add the lane's LoRA adapter on the core: only the adapter trains. If the
-    checkpoint already has this lane's adapter, that one trains on (with its saved rank and alpha): returns True then."""
+    checkpoint already has this lane's adapter, that one trains on (with its saved rank and alpha)."""
     model.requires_grad_(False)
     if lane in model.config.lane_adapters:
         for p in model.lane_parameters(lane):
             p.requires_grad_(True)
-        return True
+        return
     try:
         model.add_lane(lane, r=model_args.lane_r, lora_alpha=model_args.lane_alpha)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
-    return False
 
 
 def add_lora(model, model_args):
@@ -623,7 +622,9 @@ def main(argv=None):
         model.config.base_lane = data_args.lane  # a model trained from scratch is its lane's base model: no adapter
     else:
         model = load_trained(model_args.init_from, model_args)
-    continues_lane = data_args.lane != model.config.base_lane and add_lane_adapter(model, data_args.lane, model_args)
+    continues_lane = data_args.lane in model.config.lane_adapters  # said once, on rank 0, with the start-up lines
+    if data_args.lane != model.config.base_lane:
+        add_lane_adapter(model, data_args.lane, model_args)
     train_size = training_args.max_steps * training_args.per_device_train_batch_size * training_args.world_size
 
     # Stage 1: a backbone built from config knows nothing; train it as an LM before freezing it.
