@@ -135,6 +135,11 @@ OOD_RUNS = {
     "ood_hops_mix_lane_arith_nocurr.json": ("lanes", "a new rank-5 `arith` adapter on that shared model, 1-5 hops from "
                                                       "the first step (no curriculum), 20,000 steps"),
     "ood_hops_mix_lane_arith_nocurr_more.json": ("lanes", "that adapter + 24,000 more steps (no curriculum)"),
+    "ood_hops_mix_all.json": ("lanes", "shared model trained with a quarter of its rows from arith chains with "
+                                       "`+ - *` (`--mix_arith 0.25`), on the pointer lane"),
+    "ood_hops_mix_all_arith_shared.json": ("lanes", "that shared model on arith chains, no adapter"),
+    "ood_hops_mix_all_lane_arith.json": ("lanes", "`arith` lane adapter of rank 5 (6,720 parameters, 1.98%) on that "
+                                                  "shared model, 6,000 steps"),
 }
 # Each backbone's looped model against its three baselines trained on the same recipe, one panel each
 # (docs/img/baselines.png). The baselines were trained with the hop curriculum, so the Mamba2 panel shows the
