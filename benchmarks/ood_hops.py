@@ -2,6 +2,10 @@
 
     python benchmarks/ood_hops.py --model outputs/default/final [--variant shuffled] [--hops 1 2 ...] [--n 1000]
 
+`--distractors LO HI` and `--distractor_hops LO HI` set the `shuffled` prompts' distractor chains (default: 1-3
+chains of 1-5 hops, as in training), so prompt length and hop count can be varied apart; each hop count's mean prompt
+length in tokens is recorded.
+
 Writes DIR/ood_hops.json first (inputs, per-hop figures with 95% Wilson intervals, timings, peak memory), then
 DIR/ood_hops.png drawn from the JSON alone (`plot_ood_hops`).
 """
@@ -26,23 +30,27 @@ DEFAULT_HOPS = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 64]
 BENCHMARK_SEED = 1_000_000  # far from the trainer's seeds (training streams use small seeds, validation 10,000+h)
 
 
-def run(model_dir, variant, hops_list, n, batch_size, seed, lane="pointer", arith_ops=None, shared_only=False):
+def run(model_dir, variant, hops_list, n, batch_size, seed, lane="pointer", arith_ops=None, shared_only=False,
+        distractor_options=None):
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True).eval()
     per_hop, speeds = {}, {}
     words = task_words(tokenizer)
     for hops in hops_list:
-        options = {"ops": arith_ops} if lane == "arith" and arith_ops else {}
+        options = {"ops": arith_ops} if lane == "arith" and arith_ops else dict(distractor_options or {})
         examples = generate_examples(n, hops, variant=variant, seed=seed + hops, lane=lane, **words, **options)
         if shared_only:  # no lane: every row runs on the shared weights, with no adapter
             examples = [{key: value for key, value in example.items() if key != "lane"} for example in examples]
         result = evaluate_examples(model, tokenizer, examples, batch_size=batch_size)
         per_hop[hops] = result["per_hop"][hops]
         per_hop[hops]["examples_per_second"] = result["examples_per_second"]
+        prompt_lengths = [len(ids) for ids in tokenizer([example["prompt"] for example in examples])["input_ids"]]
+        per_hop[hops]["mean_prompt_tokens"] = sum(prompt_lengths) / len(prompt_lengths)
         row = per_hop[hops]
         print(f"hops {hops:>3}: answer {100 * row['answer_exact_match']:6.2f}%  trace {100 * row['trace_exact_match']:6.2f}%"
-              f"  halt@h+1 {100 * row['halt_rate']:6.2f}%  loops {row['mean_loops']:5.2f}  {row['examples_per_second']:7.0f} ex/s")
+              f"  halt@h+1 {100 * row['halt_rate']:6.2f}%  loops {row['mean_loops']:5.2f}  "
+              f"prompt {row['mean_prompt_tokens']:5.0f} tokens  {row['examples_per_second']:7.0f} ex/s")
     return per_hop
 
 
@@ -86,6 +94,10 @@ def main():
     parser.add_argument("--arith_ops", default=None, help="the `arith` lane's operations (default: all, `+-*`)")
     parser.add_argument("--shared_only", action="store_true",
                         help="run the lane's prompts on the shared weights without its adapter (what the adapter adds)")
+    parser.add_argument("--distractors", type=int, nargs=2, metavar=("LO", "HI"), default=None,
+                        help="distractor chains per `shuffled` prompt, inclusive range (default: 1 3)")
+    parser.add_argument("--distractor_hops", type=int, nargs=2, metavar=("LO", "HI"), default=None,
+                        help="length of each distractor chain, inclusive range (default: 1 5)")
     parser.add_argument("--hops", type=int, nargs="+", default=DEFAULT_HOPS)
     parser.add_argument("--n", type=int, default=1000, help="fresh prompts per hop count")
     parser.add_argument("--batch_size", type=int, default=256)
@@ -101,16 +113,29 @@ def main():
             check_arith_ops(args.arith_ops)
         except ValueError as error:
             parser.error(f"--arith_ops: {error}")
+    distractor_options = {}
+    if args.distractors is not None:
+        distractor_options["num_distractors"] = tuple(args.distractors)
+    if args.distractor_hops is not None:
+        distractor_options["distractor_hops"] = tuple(args.distractor_hops)
+    if distractor_options:
+        if args.lane != "pointer" or args.variant != "shuffled":
+            parser.error("--distractors and --distractor_hops apply to `shuffled` pointer prompts only")
+        try:  # refuse impossible ranges (or too few names) before loading a model
+            generate_examples(1, max(args.hops), variant="shuffled", seed=0, **distractor_options)
+        except ValueError as error:
+            parser.error(str(error))
     out = Path(args.out or args.model)
     out.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
     per_hop = run(args.model, args.variant, args.hops, args.n, args.batch_size, args.seed, args.lane, args.arith_ops,
-                  args.shared_only)
+                  args.shared_only, distractor_options)
     results = {
         "command": " ".join(["python", "benchmarks/ood_hops.py", *sys.argv[1:]]),
         "model": str(args.model), "lane": args.lane, "variant": "chain" if args.lane == "arith" else args.variant,
         "arith_ops": args.arith_ops, "shared_only": args.shared_only,
+        "distractors": args.distractors, "distractor_hops": args.distractor_hops,
         "n": args.n, "seed": args.seed,
         **training_record(args.model), "per_hop": per_hop,
         "seconds": time.perf_counter() - start,

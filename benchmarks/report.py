@@ -179,12 +179,16 @@ def ood_table(path, label):
     if r.get("training_command"):
         trained = f" in {r['train_seconds']:.0f} s" if r.get("train_seconds") else ""
         lines[-1] += f" Trained{trained} by `{r['training_command']}`."
+    # Runs measured before prompt lengths were recorded have no such column.
+    lengths = all("mean_prompt_tokens" in row for row in r["per_hop"].values())
     lines += ["",
-             "| hops | answer % [95% CI] | trace % [95% CI] | halt at hops+1 % | mean loops | examples/s |",
-             "|---|---|---|---|---|---|"]
+             "| hops | answer % [95% CI] | trace % [95% CI] | halt at hops+1 % | mean loops | examples/s |"
+             + (" prompt tokens |" if lengths else ""),
+             "|---|---|---|---|---|---|" + ("---|" if lengths else "")]
     for hops, row in r["per_hop"].items():
         lines.append(f"| {hops} | {ci(row, 'answer_exact_match')} | {ci(row, 'trace_exact_match')} | "
-                     f"{pct(row['halt_rate'])} | {row['mean_loops']:.2f} | {row['examples_per_second']:.0f} |")
+                     f"{pct(row['halt_rate'])} | {row['mean_loops']:.2f} | {row['examples_per_second']:.0f} |"
+                     + (f" {row['mean_prompt_tokens']:.0f} |" if lengths else ""))
     return lines
 
 
@@ -194,7 +198,9 @@ def comparison_tables(docs):
     for name, (_, label) in OOD_RUNS.items():
         if (docs / name).is_file():
             r = json.loads((docs / name).read_text())
-            if r["variant"] == "shuffled" and r.get("lane", "pointer") == "pointer":
+            # Only the standard test set: runs with other distractor settings measure other prompts.
+            standard = r.get("distractors") is None and r.get("distractor_hops") is None
+            if r["variant"] == "shuffled" and r.get("lane", "pointer") == "pointer" and standard:
                 runs[name] = label, r
     hops = sorted({int(h) for _, r in runs.values() for h in r["per_hop"]})
     lines = []

@@ -98,3 +98,28 @@ def test_ood_hops_refuses_bad_arith_ops_before_loading_a_model(tmp_path):
         command = [sys.executable, str(ROOT / "benchmarks" / "ood_hops.py"), "--model", str(tmp_path / "none"), *extra]
         result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+
+
+def test_ood_hops_distractor_ranges_set_prompt_length_and_are_recorded(tmp_path):
+    save_checkpoint(tmp_path / "model")
+    lengths = {}
+    for distractors in ("0", "3"):
+        out = tmp_path / f"out_{distractors}"
+        command = [sys.executable, str(ROOT / "benchmarks" / "ood_hops.py"), "--model", str(tmp_path / "model"),
+                   "--hops", "2", "--n", "16", "--distractors", distractors, distractors, "--distractor_hops", "3", "3",
+                   "--out", str(out)]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        run = json.loads((out / "ood_hops.json").read_text())
+        assert run["distractors"] == [int(distractors)] * 2 and run["distractor_hops"] == [3, 3]
+        lengths[distractors] = run["per_hop"]["2"]["mean_prompt_tokens"]
+    # 2 statements vs 2 + 3 * 3: 9 more statements of 4 tokens each (`A = B.`, one token per word).
+    assert lengths["3"] - lengths["0"] == 9 * 4
+
+
+def test_ood_hops_refuses_distractor_ranges_it_cannot_use(tmp_path):
+    for extra, message in ((["--variant", "chain", "--distractors", "0", "0"], "apply to `shuffled` pointer prompts only"),
+                           (["--distractors", "3", "1"], "num_distractors must satisfy 0 <= lo <= hi")):
+        command = [sys.executable, str(ROOT / "benchmarks" / "ood_hops.py"), "--model", str(tmp_path / "none"), *extra]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
