@@ -31,18 +31,23 @@ BENCHMARK_SEED = 1_000_000  # far from the trainer's seeds (training streams use
 
 
 def run(model_dir, variant, hops_list, n, batch_size, seed, lane="pointer", arith_ops=None, shared_only=False,
-        distractor_options=None):
+        distractor_options=None, max_loops=None):
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True).eval()
-    per_hop, speeds = {}, {}
+    per_hop = {}
+    # A prompt of h hops needs h + 1 loops (the path, then <HALT>); below that its figures would be zero by construction.
+    loop_cap = max_loops or getattr(model.config, "max_inference_loops", None)
+    if loop_cap is not None and max(hops_list) + 1 > loop_cap:
+        raise SystemExit(f"error: {max(hops_list)} hops need {max(hops_list) + 1} loops but the model stops at {loop_cap}; "
+                         "pass --max_loops")
     words = task_words(tokenizer)
     for hops in hops_list:
         options = {"ops": arith_ops} if lane == "arith" and arith_ops else dict(distractor_options or {})
         examples = generate_examples(n, hops, variant=variant, seed=seed + hops, lane=lane, **words, **options)
         if shared_only:  # no lane: every row runs on the shared weights, with no adapter
             examples = [{key: value for key, value in example.items() if key != "lane"} for example in examples]
-        result = evaluate_examples(model, tokenizer, examples, batch_size=batch_size)
+        result = evaluate_examples(model, tokenizer, examples, batch_size=batch_size, max_loops=max_loops)
         per_hop[hops] = result["per_hop"][hops]
         per_hop[hops]["examples_per_second"] = result["examples_per_second"]
         prompt_lengths = [len(ids) for ids in tokenizer([example["prompt"] for example in examples])["input_ids"]]
@@ -99,13 +104,15 @@ def main():
     parser.add_argument("--distractor_hops", type=int, nargs=2, metavar=("LO", "HI"), default=None,
                         help="length of each distractor chain, inclusive range (default: 1 5)")
     parser.add_argument("--hops", type=int, nargs="+", default=DEFAULT_HOPS)
+    parser.add_argument("--max_loops", type=int, default=None,
+                        help="loops before an example is cut off (default: the model's max_inference_loops)")
     parser.add_argument("--n", type=int, default=1000, help="fresh prompts per hop count")
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=BENCHMARK_SEED)
     parser.add_argument("--out", default=None, help="output dir (default: the model dir)")
     args = parser.parse_args()
-    if args.n < 1 or min(args.hops) < 1:
-        parser.error("--n and every --hops value must be >= 1")
+    if args.n < 1 or min(args.hops) < 1 or (args.max_loops is not None and args.max_loops < 1):
+        parser.error("--n, --max_loops and every --hops value must be >= 1")
     if args.arith_ops is not None:
         if args.lane != "arith":
             parser.error("--arith_ops applies to --lane arith only")
@@ -130,12 +137,12 @@ def main():
 
     start = time.perf_counter()
     per_hop = run(args.model, args.variant, args.hops, args.n, args.batch_size, args.seed, args.lane, args.arith_ops,
-                  args.shared_only, distractor_options)
+                  args.shared_only, distractor_options, args.max_loops)
     results = {
         "command": " ".join(["python", "benchmarks/ood_hops.py", *sys.argv[1:]]),
         "model": str(args.model), "lane": args.lane, "variant": "chain" if args.lane == "arith" else args.variant,
         "arith_ops": args.arith_ops, "shared_only": args.shared_only,
-        "distractors": args.distractors, "distractor_hops": args.distractor_hops,
+        "distractors": args.distractors, "distractor_hops": args.distractor_hops, "max_loops": args.max_loops,
         "n": args.n, "seed": args.seed,
         **training_record(args.model), "per_hop": per_hop,
         "seconds": time.perf_counter() - start,

@@ -93,6 +93,28 @@ OOD_RUNS = {
     "ood_hops_newton_schulz.json": ("depth", "Newton-Schulz orthogonalised latent (`--latent_newton_schulz true`)"),
     "ood_hops_default_mamba2.json": ("mamba2", "default_mamba2: last-layer memory, no binding conv, Muon on the core, "
                                                "EMA, no hop curriculum, 16,000 steps"),
+    "ood_hops_default_mamba2_rerun.json": ("mamba2", "default_mamba2, second run of the same command"),
+    "ood_hops_default_mamba2_rerun_no_distractors.json": ("mamba2", "default_mamba2 second run, on prompts without "
+                                                                    "distractors (length set by the hops)"),
+    "ood_hops_default_mamba2_rerun_many_distractors.json": ("mamba2", "default_mamba2 second run, on prompts with 12 "
+                                                                      "distractor chains of 5 hops (long, few hops)"),
+    "ood_hops_mamba2_rerun_longer_prompts.json": ("mamba2", "default_mamba2 second run + 1,500 steps on 1-5 "
+                                                            "hops with 2-16 distractor chains of 1-8 hops"),
+    "ood_hops_mamba2_longest_prompts.json": ("mamba2", "default_mamba2 second run + 1,500 steps with 2-16 distractor "
+                                                       "chains of 1-8 hops + 1,000 with 4-24 chains of 1-10 hops (the "
+                                                       "Mamba2 recipe that meets the depth targets)"),
+    "ood_hops_mamba2_longest_prompts_deeper.json": ("mamba2", "that recipe's model at 96 and 128 hops (`--max_loops "
+                                                              "140`)"),
+    "ood_hops_mamba2_longest_prompts_on_chain.json": ("mamba2", "that recipe's model, evaluated on the seed's `chain` "
+                                                                "format"),
+    "ood_hops_mamba2_rerun_longer_prompts_on_chain.json": ("mamba2", "that longer-prompt run, evaluated on the seed's "
+                                                                     "`chain` format"),
+    "ood_hops_mamba2_rerun_longer_prompts_3k.json": ("mamba2", "default_mamba2 second run + 3,000 steps with those "
+                                                               "longer prompts"),
+    "ood_hops_mamba2_rerun_longer_prompts_no_distractors.json": ("mamba2", "that longer-prompt run on prompts without "
+                                                                           "distractors"),
+    "ood_hops_mamba2_rerun_longer_prompts_many_distractors.json": ("mamba2", "that longer-prompt run on prompts with 12 "
+                                                                             "distractor chains of 5 hops"),
     "ood_hops_mamba2_default_long_prompts.json": ("mamba2", "default_mamba2 + 3,000 steps on 1-5 hops with 1-12 "
                                                             "distractor chains (longer prompts)"),
     "ood_hops_mamba2_default_long_prompts_2.json": ("mamba2", "that default_mamba2 long-prompt run + 3,000 more "
@@ -198,8 +220,9 @@ def comparison_tables(docs):
     for name, (_, label) in OOD_RUNS.items():
         if (docs / name).is_file():
             r = json.loads((docs / name).read_text())
-            # Only the standard test set: runs with other distractor settings measure other prompts.
-            standard = r.get("distractors") is None and r.get("distractor_hops") is None
+            # Only the standard benchmark: other distractor settings measure other prompts, another loop cap
+            # other hop counts.
+            standard = all(r.get(option) is None for option in ("distractors", "distractor_hops", "max_loops"))
             if r["variant"] == "shuffled" and r.get("lane", "pointer") == "pointer" and standard:
                 runs[name] = label, r
     hops = sorted({int(h) for _, r in runs.values() for h in r["per_hop"]})

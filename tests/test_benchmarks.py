@@ -123,3 +123,16 @@ def test_ood_hops_refuses_distractor_ranges_it_cannot_use(tmp_path):
         command = [sys.executable, str(ROOT / "benchmarks" / "ood_hops.py"), "--model", str(tmp_path / "none"), *extra]
         result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+
+
+def test_ood_hops_refuses_hop_counts_past_the_loop_cap_and_max_loops_lifts_it(tmp_path):
+    save_checkpoint(tmp_path / "model")  # max_inference_loops 72: 72 hops need 73 loops
+    base = [sys.executable, str(ROOT / "benchmarks" / "ood_hops.py"), "--model", str(tmp_path / "model"),
+            "--variant", "chain", "--n", "4", "--out", str(tmp_path / "out")]
+    result = subprocess.run([*base, "--hops", "72"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode != 0 and "72 hops need 73 loops but the model stops at 72" in result.stderr
+    result = subprocess.run([*base, "--hops", "2", "--max_loops", "3"], capture_output=True, text=True, cwd=ROOT,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((tmp_path / "out" / "ood_hops.json").read_text())
+    assert run["max_loops"] == 3 and run["per_hop"]["2"]["mean_loops"] <= 3
