@@ -4,7 +4,8 @@
 
 `--distractors LO HI` and `--distractor_hops LO HI` set the `shuffled` prompts' distractor chains (default: 1-3
 chains of 1-5 hops, as in training), so prompt length and hop count can be varied apart; each hop count's mean prompt
-length in tokens is recorded.
+length in tokens is recorded. A prompt of h hops needs h + 1 loops: hop counts past the model's `max_inference_loops`
+are refused unless `--max_loops` lifts the cap.
 
 Writes DIR/ood_hops.json first (inputs, per-hop figures with 95% Wilson intervals, timings, peak memory), then
 DIR/ood_hops.png drawn from the JSON alone (`plot_ood_hops`).
