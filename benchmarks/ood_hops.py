@@ -37,14 +37,16 @@ def run(model_dir, variant, hops_list, n, batch_size, seed, lane="pointer", arit
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True).eval()
     per_hop = {}
-    # A prompt of h hops needs h + 1 loops (the path, then <HALT>); below that its figures would be zero by construction.
+    # A prompt of h hops needs h + 1 loops (the path, then <HALT>); below that its figures would be zero by
+    # construction.
     loop_cap = max_loops or getattr(model.config, "max_inference_loops", None)
-    if loop_cap is not None and max(hops_list) + 1 > loop_cap:
-        raise SystemExit(f"error: {max(hops_list)} hops need {max(hops_list) + 1} loops but the model stops at {loop_cap}; "
+    deepest = max(hops_list)
+    if loop_cap is not None and deepest + 1 > loop_cap:
+        raise SystemExit(f"error: {deepest} hops need {deepest + 1} loops but the model stops at {loop_cap}; "
                          "pass --max_loops")
     words = task_words(tokenizer)
     for hops in hops_list:
-        options = {"ops": arith_ops} if lane == "arith" and arith_ops else dict(distractor_options or {})
+        options = {"ops": arith_ops} if lane == "arith" and arith_ops else distractor_options or {}
         examples = generate_examples(n, hops, variant=variant, seed=seed + hops, lane=lane, **words, **options)
         if shared_only:  # no lane: every row runs on the shared weights, with no adapter
             examples = [{key: value for key, value in example.items() if key != "lane"} for example in examples]
