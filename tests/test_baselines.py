@@ -78,3 +78,13 @@ def test_short_token_recurrence_run_trains_saves_and_evaluates(tmp_path, backbon
     # The trained range ends where the curriculum got to (it starts at 2 hops and prints each step up), not at 5.
     reached = 2 + result.stdout.count("[curriculum]")
     assert record["trained_hops"] == [1, reached] and record["train_seconds"] > 0
+
+
+def test_ood_hops_refuses_hop_counts_past_the_plain_lms_generation_cap(tmp_path):
+    tokenizer = build_tokenizer()
+    tiny_lm("gpt2", tokenizer, tokenizer.convert_tokens_to_ids(HALT_TOKEN)).save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    command = [sys.executable, str(ROOT / "benchmarks" / "ood_hops.py"), "--model", str(tmp_path / "lm"),
+               "--variant", "chain", "--n", "2", "--hops", "72", "--out", str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode != 0 and "72 hops need 73 loops but the model stops at 72" in result.stderr
