@@ -82,6 +82,40 @@ OOD_RUNS = {
     "ood_hops_ablation_lora_no_positions_long_prompts.json": ("ablations", "that LoRA model + 4,000 steps on 1-5 hops "
                                                                            "with 1-12 distractor chains (longer "
                                                                            "prompts)"),
+    "ood_hops_ablation_lora_no_positions_no_curriculum.json": ("ablations", "LoRA r8 on a backbone without position "
+                                                                            "embeddings, 1-5 hops from the first step "
+                                                                            "(`--curriculum false`, 8,000 steps)"),
+    "ood_hops_ablation_lora_no_positions_no_curriculum_longer_prompts.json": (
+        "ablations", "that LoRA r8 model + 1,500 steps with 2-16 distractor chains of 1-8 hops (Mamba2's stage 2)"),
+    "ood_hops_ablation_lora64_no_positions_no_curriculum.json": ("ablations", "LoRA r64 (`--lora_r 64 --lora_alpha "
+                                                                              "128`), otherwise as the LoRA r8 run "
+                                                                              "without the curriculum"),
+    "ood_hops_ablation_frozen_long_text_lm.json": ("ablations", "frozen backbone without position embeddings, LM "
+                                                                "stage on long text (2-16 distractor chains), then "
+                                                                "8,000 steps on 1-5 hops (`--curriculum false`)"),
+    "ood_hops_ablation_frozen_long_text_lm_longer_prompts.json": (
+        "ablations", "that frozen model + 1,500 steps with 2-16 distractor chains of 1-8 hops (Mamba2's stage 2)"),
+    "ood_hops_ablation_frozen_lm6000.json": ("ablations", "frozen backbone without position embeddings, 6,000 LM "
+                                                          "steps in stage 1 (`--pretrain_steps 6000`), then 8,000 "
+                                                          "steps on 1-5 hops (`--curriculum false`)"),
+    "ood_hops_ablation_frozen_lm6000_longer_prompts.json": (
+        "ablations", "that frozen model + 1,500 steps with 2-16 distractor chains of 1-8 hops (Mamba2's stage 2)"),
+    "ood_hops_ablation_frozen_lm6000_more.json": ("ablations", "that frozen model (6,000 LM steps) + 6,000 more steps "
+                                                               "on 1-5 hops (14,000 in all)"),
+    "ood_hops_ablation_frozen_lm6000_more_2.json": ("ablations", "that 14,000-step frozen model + 6,000 more steps "
+                                                                 "on 1-5 hops (20,000 in all; control for the next "
+                                                                 "two)"),
+    "ood_hops_ablation_frozen_lm6000_more_longer_prompts.json": (
+        "ablations", "that 14,000-step frozen model + 1,500 steps with 2-16 distractor chains of 1-8 hops (Mamba2's "
+                     "stage 2)"),
+    "ood_hops_ablation_frozen_lm6000_longest_prompts.json": (
+        "ablations", "that model + 1,000 steps with 4-24 distractor chains of 1-5 hops (Mamba2's stage 3 within "
+                     "GPT-2's 512 positions): the best frozen curve"),
+    "ood_hops_ablation_frozen_lm6000_longest_prompts_on_chain.json": ("ablations", "the best frozen model, evaluated "
+                                                                                   "on the seed's `chain` format"),
+    "ood_hops_ablation_lora_lm6000.json": ("ablations", "LoRA r8 on a backbone without position embeddings, 6,000 LM "
+                                                        "steps in stage 1, then 8,000 steps on 1-5 hops "
+                                                        "(`--curriculum false`)"),
     "ood_hops_halt_head_extra_loops.json": ("depth", "from scratch, before the EMA switch: halting head + 0-4 extra "
                                                      "loops past <HALT>"),
     "ood_hops_finetune_control.json": ("depth", "default before the EMA switch + 2,000 more steps as it was trained "
