@@ -25,7 +25,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from dataset_scripts.hop_chains import LANES, check_arith_ops, generate_examples
 from dataset_scripts.tokenizer import task_words
 from model_cards.generate import training_record
-from recursive_latent.evaluation import GENERATE_MAX_LOOPS, evaluate_examples
+from recursive_latent.configuration_recursive import MAX_INFERENCE_LOOPS
+from recursive_latent.evaluation import evaluate_examples
 
 DEFAULT_HOPS = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 64]
 BENCHMARK_SEED = 1_000_000  # far from the trainer's seeds (training streams use small seeds, validation 10,000+h)
@@ -39,7 +40,7 @@ def run(model_dir, variant, hops_list, n, batch_size, seed, lane="pointer", arit
     per_hop = {}
     # A prompt of h hops needs h + 1 loops (the path, then <HALT>); below that its figures would be zero by
     # construction.
-    loop_cap = max_loops or getattr(model.config, "max_inference_loops", GENERATE_MAX_LOOPS)
+    loop_cap = max_loops or getattr(model.config, "max_inference_loops", MAX_INFERENCE_LOOPS)
     deepest = max(hops_list)
     if deepest + 1 > loop_cap:
         raise SystemExit(f"error: {deepest} hops need {deepest + 1} loops but the model stops at {loop_cap}; "

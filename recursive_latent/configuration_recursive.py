@@ -9,6 +9,7 @@ CORE_BLOCKS = ("transformer", "mamba2")
 MEMORY_KINDS = ("last", "all")
 BINDING_CONVS = ("none", "embeddings", "memory")
 HALTING_MODES = ("token", "head", "fixed", "velocity")
+MAX_INFERENCE_LOOPS = 72  # default cap of `reason()`; the token-recurrence baseline's decoding uses it too
 
 
 def _check_choice(name, value, allowed):
@@ -152,7 +153,7 @@ class RecursiveLatentConfig(PretrainedConfig):
         lifeline_gate_init=1.0,
         loop_rotary=False,
         max_loops=8,
-        max_inference_loops=72,
+        max_inference_loops=MAX_INFERENCE_LOOPS,
         halt_token_id=2,
         halting="token",
         fixed_loops=6,

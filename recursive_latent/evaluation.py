@@ -10,9 +10,7 @@ from tqdm.auto import tqdm
 
 from dataset_scripts.tokenizer import word_ids
 
-# Loops before a plain causal LM's greedy decoding is cut off: the same cap as `RecursiveLatentConfig`'s
-# `max_inference_loops` default.
-GENERATE_MAX_LOOPS = 72
+from .configuration_recursive import MAX_INFERENCE_LOOPS
 
 
 def wilson_interval(successes, total, z=1.96):
@@ -30,7 +28,7 @@ def wilson_interval(successes, total, z=1.96):
 def generate_reason(model, input_ids, attention_mask, halt_id, pad_id, max_loops=None):
     """`reason()` for a plain causal LM that writes the path as tokens (the token-recurrence baseline): greedy
     decoding until `<HALT>`, one generated token per loop, the answer the token before it."""
-    max_loops = max_loops or GENERATE_MAX_LOOPS
+    max_loops = max_loops or MAX_INFERENCE_LOOPS
     generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_loops,
                                do_sample=False, eos_token_id=halt_id, pad_token_id=pad_id)[:, input_ids.shape[1]:]
     is_halt = generated == halt_id
