@@ -191,6 +191,20 @@ def test_bad_input_raises_a_clear_error(call, message, batch):
         call(build(), input_ids, attention_mask)
 
 
+def test_position_free_gpt2_reads_prompts_past_its_position_table(batch):
+    """With backbone_positions=False every token is position 0, so a prompt longer than n_positions (64) is read,
+    and causally: the first 10 tokens' states are the same as when the prompt stops there."""
+    input_ids, attention_mask, _ = batch
+    model = build(backbone_positions=False).eval()
+    long_ids, long_mask = input_ids.repeat(1, 7), attention_mask.repeat(1, 7)
+    with torch.no_grad():
+        short_states = model.model.run_backbone(input_ids, attention_mask)
+        long_states = model.model.run_backbone(long_ids, long_mask)
+        model(long_ids, long_mask)  # the model's own input check accepts 70 tokens
+    for short, long in zip(short_states, long_states):
+        torch.testing.assert_close(long[:, : input_ids.shape[1]], short)
+
+
 @pytest.mark.parametrize("backbone", ["gpt2", "mamba2"])
 def test_plain_transformers_backbone_loads_from_a_local_dir(backbone, tmp_path, batch):
     spec = dict(TINY_GPT2 if backbone == "gpt2" else TINY_MAMBA2)

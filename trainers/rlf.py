@@ -253,11 +253,12 @@ def validation_examples(data_args, words):
     return examples
 
 
-def offset_positions(attention_mask, max_positions, enabled):
+def offset_positions(attention_mask, config, enabled):
     """Real-token positions, shifted by a random offset per example in training so that a backbone with learned
     absolute positions sees every position and reads long test prompts (offset 0 at test time)."""
     positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
-    if enabled and max_positions is not None:
+    max_positions = getattr(config.backbone_config, "n_positions", None)
+    if enabled and max_positions is not None and config.backbone_positions:
         room = max_positions - attention_mask.shape[1]
         positions = positions + torch.randint(0, room + 1, (attention_mask.shape[0], 1), device=positions.device)
     return positions
@@ -368,8 +369,7 @@ class BackboneLMTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inner = self.accelerator.unwrap_model(model).model
         mask = inputs["attention_mask"]
-        positions = offset_positions(mask, getattr(inner.config.backbone_config, "n_positions", None),
-                                     self.recursion_args.position_offsets)
+        positions = offset_positions(mask, inner.config, self.recursion_args.position_offsets)
         hidden = inner.run_backbone(inputs["input_ids"], mask, positions)[-1]
         logits = hidden[:, :-1] @ inner.get_input_embeddings().weight.T
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), inputs["labels"][:, 1:].flatten(), ignore_index=-100)
@@ -400,8 +400,7 @@ class RLFTrainer(Trainer):
         # Lanes route rows to adapters; a model without any trains its shared weights on every row (--mix_arith).
         lanes = inputs.get("lanes") if config.lane_adapters else None
         mask = inputs["attention_mask"]
-        positions = offset_positions(mask, getattr(config.backbone_config, "n_positions", None),
-                                     self.recursion_args.position_offsets)
+        positions = offset_positions(mask, config, self.recursion_args.position_offsets)
         outputs = model(
             input_ids=inputs["input_ids"], attention_mask=mask, loop_labels=inputs["loop_labels"],
             position_ids=positions, grad_loops=self.recursion_args.grad_loops, lanes=lanes,
@@ -528,6 +527,7 @@ def add_lora(model, model_args):
     targets = ["c_attn", "c_proj", "c_fc"] if model.config.backbone_type == "gpt2" else ["in_proj"]
     lora = LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, target_modules=targets)
     inject_adapter_in_model(lora, model.model.backbone)
+    model.config.backbone_mode = "lora"  # also on a frozen --init_from checkpoint: the config records the adapters
 
 
 def merged_state_dict(model):
