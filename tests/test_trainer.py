@@ -162,6 +162,36 @@ def test_ema_weights_are_evaluated_and_saved_while_checkpoints_keep_the_raw_weig
     assert any(not torch.allclose(raw[key], ema[key]) for key in ema)
 
 
+def test_lora_continues_a_frozen_checkpoint_on_prompts_past_the_position_table(tmp_path):
+    """The frozen recipe's stages: a frozen run, then LoRA added with --init_from. With backbone_positions false the
+    backbone reads prompts longer than its 128 positions (16 distractor chains here: well over 128 tokens)."""
+    base, adapted = tmp_path / "frozen", tmp_path / "lora"
+    common = ["--backbone_positions", "false", "--eval_strategy", "no", "--save_strategy", "no"]
+    result = run_trainer(tmp_path, "--output_dir", str(base), "--max_steps", "4", "--pretrain_steps", "4", *common)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_trainer(tmp_path, "--output_dir", str(adapted), "--init_from", str(base / "final"), "--backbone_mode",
+                         "lora", "--max_steps", "4", "--min_distractors", "16", "--max_distractors", "16", *common)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(lora backbone)" in result.stdout
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dataset_scripts.hop_chains import generate_examples
+    from dataset_scripts.tokenizer import task_words
+
+    model = AutoModelForCausalLM.from_pretrained(adapted / "final", trust_remote_code=True)
+    assert model.config.backbone_mode == "lora" and not model.config.backbone_positions
+    before, after = load_file(base / "final" / "model.safetensors"), load_file(adapted / "final" / "model.safetensors")
+    attention = "model.backbone.h.0.attn.c_attn.weight"
+    assert not torch.allclose(before[attention], after[attention])  # the adapters trained and were merged in
+    torch.testing.assert_close(before["model.backbone.wte.weight"], after["model.backbone.wte.weight"])
+    tokenizer = AutoTokenizer.from_pretrained(adapted / "final")
+    examples = generate_examples(2, hops=3, seed=0, num_distractors=16, **task_words(tokenizer))
+    inputs = tokenizer([example["prompt"] for example in examples], padding=True, return_tensors="pt")
+    assert inputs["input_ids"].shape[1] > 128
+    assert model.reason(**inputs).answer_ids.shape == (2,)
+
+
 @pytest.mark.parametrize("config, backbone", [("gpt2_124m", "gpt2"), ("mamba2_130m", "mamba2")])
 def test_pretrained_backbone_config_trains_on_a_local_stand_in(tmp_path, config, backbone):
     """The configs for Hub backbones (GPT-2 124M, Mamba2-130m), run for a few steps on a tiny local backbone of the
