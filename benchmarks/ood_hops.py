@@ -58,7 +58,8 @@ def run(model_dir, variant, hops_list, n, batch_size, seed, lane="pointer", arit
         per_hop[hops]["mean_prompt_tokens"] = sum(prompt_lengths) / len(prompt_lengths)
         row = per_hop[hops]
         print(f"hops {hops:>3}: answer {100 * row['answer_exact_match']:6.2f}%  trace {100 * row['trace_exact_match']:6.2f}%"
-              f"  halt@h+1 {100 * row['halt_rate']:6.2f}%  loops {row['mean_loops']:5.2f}  "
+              f"  halt@h+1 {100 * row['halt_rate']:6.2f}%  early halt {100 * row['early_halt_rate']:5.2f}%"
+              f"  loops {row['mean_loops']:5.2f}  "
               f"prompt {row['mean_prompt_tokens']:5.0f} tokens  {row['examples_per_second']:7.0f} ex/s")
     return per_hop
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import torch
 from tqdm.auto import tqdm
 
-from dataset_scripts.tokenizer import word_ids
+from dataset_scripts.tokenizer import HALT_TOKEN, word_ids
 
 from .configuration_recursive import MAX_INFERENCE_LOOPS
 
@@ -65,7 +65,9 @@ def reason_batches(model, tokenizer, examples, batch_size=256, max_loops=None, p
 
 def evaluate_examples(model, tokenizer, examples, batch_size=256, max_loops=None, progress=False, **reason_kwargs):
     """Per hop count: answer exact match, trace exact match (loops 1..h name exactly the path), halt exactly at
-    loop h+1 (`halt_rate`), mean loops, each as counts and rates with 95% intervals; plus examples/s over the whole set.
+    loop h+1 (`halt_rate`), a trace whose first wrong step is `<HALT>` (`early_halt_rate`: the loop stopped inside
+    the chain, rather than stepping to a wrong name), mean loops, each as a rate with its 95% interval; plus
+    examples/s over the whole set.
 
     Returns `{"per_hop": {h: {...}}, "examples_per_second": float, "predictions": [...]}`.
     """
@@ -88,6 +90,8 @@ def evaluate_examples(model, tokenizer, examples, batch_size=256, max_loops=None
             stats["answer"] += answers[row] == example["answer"]
             stats["trace"] += trace[:hops] == list(example["path"])
             stats["halt"] += bool(out.halted[row]) and loops == hops + 1
+            first_wrong = next((k for k, (said, step) in enumerate(zip(trace, example["path"])) if said != step), None)
+            stats["early_halt"] += first_wrong is not None and trace[first_wrong] == HALT_TOKEN
             stats["loops"] += loops
             predictions.append({"prediction": answers[row], "trace": trace, "loops": loops})
     seconds = time.perf_counter() - start
@@ -95,7 +99,8 @@ def evaluate_examples(model, tokenizer, examples, batch_size=256, max_loops=None
     for hops, stats in sorted(counts.items()):
         n = stats["n"]
         row = {"n": n, "mean_loops": stats["loops"] / n}
-        for key, name in (("answer", "answer_exact_match"), ("trace", "trace_exact_match"), ("halt", "halt_rate")):
+        for key, name in (("answer", "answer_exact_match"), ("trace", "trace_exact_match"), ("halt", "halt_rate"),
+                          ("early_halt", "early_halt_rate")):
             row[name] = stats[key] / n
             row[f"{name}_ci95"] = list(wilson_interval(stats[key], n))
         per_hop[hops] = row
