@@ -113,6 +113,38 @@ OOD_RUNS = {
                      "GPT-2's 512 positions): the best frozen curve"),
     "ood_hops_ablation_frozen_lm6000_longest_prompts_on_chain.json": ("ablations", "the best frozen model, evaluated "
                                                                                    "on the seed's `chain` format"),
+    "ood_hops_ablation_frozen_lm6000_stage4.json": (
+        "ablations", "the best frozen model + 2,000 more steps of its stage 3 (4-24 distractor chains of 1-5 hops)"),
+    "ood_hops_ablation_frozen_lm6000_stage3_hops10.json": (
+        "ablations", "the stage-2 frozen model + 1,000 steps with 4-24 distractor chains of 1-10 hops (Mamba2's "
+                     "stage 3 as it ran there, past 512 tokens)"),
+    "ood_hops_ablation_frozen_base_lora_longer_prompts.json": (
+        "ablations", "LoRA r8 added to the 14,000-step frozen model (`--init_from ... --backbone_mode lora`) + "
+                     "Mamba2's stage 2 (1,500 steps, 2-16 distractor chains of 1-8 hops)"),
+    "ood_hops_ablation_frozen_base_lora_longest_prompts.json": (
+        "ablations", "that LoRA model + 1,000 steps with 4-24 distractor chains of 1-5 hops (the frozen recipe's "
+                     "stage 3): the best adapted-backbone curve"),
+    "ood_hops_ablation_frozen_base_lora_longest_prompts_on_chain.json": (
+        "ablations", "that LoRA model, evaluated on the seed's `chain` format"),
+    "ood_hops_ablation_frozen_lm15000.json": ("ablations", "frozen backbone without position embeddings, 15,000 "
+                                                           "LM steps in stage 1 (`--pretrain_steps 15000`), then "
+                                                           "8,000 steps on 1-5 hops (`--curriculum false`)"),
+    "ood_hops_ablation_frozen_lm15000_more.json": ("ablations", "that frozen model + 6,000 more steps on 1-5 hops "
+                                                                "(14,000 in all): meets the depth targets"),
+    "ood_hops_ablation_frozen_lm15000_more_on_chain.json": ("ablations", "that frozen model, evaluated on the "
+                                                                         "seed's `chain` format"),
+    "ood_hops_ablation_frozen_lm15000_longer_prompts.json": (
+        "ablations", "that frozen model + 1,500 steps with 2-16 distractor chains of 1-8 hops (Mamba2's stage 2)"),
+    "ood_hops_ablation_frozen_lm15000_longest_prompts.json": (
+        "ablations", "that model + 1,000 steps with 4-24 distractor chains of 1-5 hops (the frozen recipe's stage 3): "
+                     "the best frozen curve"),
+    "ood_hops_ablation_frozen_lm15000_longest_prompts_on_chain.json": (
+        "ablations", "that model, evaluated on the seed's `chain` format"),
+    "ood_hops_ablation_frozen_lm15000_lora_more.json": (
+        "ablations", "LoRA r8 added to the 8,000-step frozen model on the 15,000-step LM (`--init_from ... "
+                     "--backbone_mode lora`), 6,000 steps on 1-5 hops: meets the depth targets"),
+    "ood_hops_ablation_frozen_lm15000_lora_more_on_chain.json": (
+        "ablations", "that LoRA model, evaluated on the seed's `chain` format"),
     "ood_hops_ablation_lora_lm6000.json": ("ablations", "LoRA r8 on a backbone without position embeddings, 6,000 LM "
                                                         "steps in stage 1, then 8,000 steps on 1-5 hops "
                                                         "(`--curriculum false`)"),
