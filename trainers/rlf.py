@@ -147,8 +147,9 @@ class RecursionArguments:
                           "<HALT> and trained to keep the answer as the best other token."},
     )
     pretrain_steps: int = field(default=1500, metadata={
-        "help": "Stage 1: LM steps for a backbone built from config. Past 5 hops the frozen and LoRA modes need "
-                "far more: 15,000 meet the depth targets where 1,500 reach 31% at 16 hops (docs/experiments.md)."})
+        "help": "Stage 1: LM steps for a backbone built from config. To walk past the trained hops the frozen and "
+                "LoRA modes need far more: 15,000 meet the depth targets, 1,500 reach 31% at 16 hops "
+                "(docs/experiments.md)."})
     pretrain_learning_rate: float = field(default=2e-3, metadata={"help": "Stage 1 learning rate."})
     pretrain_hops: int = field(default=1, metadata={"help": "Stage 1 text: prompts of this many hops + answer."})
     ema_decay: float | None = field(
@@ -257,7 +258,8 @@ def validation_examples(data_args, words):
 
 def offset_positions(attention_mask, config, enabled):
     """Real-token positions, shifted by a random offset per example in training so that a backbone with learned
-    absolute positions sees every position and reads long test prompts (offset 0 at test time)."""
+    absolute positions sees every position and reads long test prompts (offset 0 at test time). A position-free
+    backbone (`backbone_positions=False`) gets no offset: it numbers every token 0 and reads any length."""
     positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
     max_positions = getattr(config.backbone_config, "n_positions", None)
     if enabled and max_positions is not None and config.backbone_positions:
