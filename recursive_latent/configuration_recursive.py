@@ -280,6 +280,12 @@ class RecursiveLatentConfig(PretrainedConfig):
         return self.backbone_config.vocab_size
 
     @property
+    def max_prompt_tokens(self):
+        """The longest prompt the backbone reads: GPT-2's `n_positions` while it numbers its tokens; no limit (None)
+        for a position-free GPT-2 (`backbone_positions=False`: every token is position 0) or a Mamba2 backbone."""
+        return getattr(self.backbone_config, "n_positions", None) if self.backbone_positions else None
+
+    @property
     def hidden_size(self):
         return self.core_hidden_size
 

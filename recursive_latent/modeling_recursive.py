@@ -472,10 +472,7 @@ class RecursiveLatentModel(RecursiveLatentPreTrainedModel, LaneRouting):
                 f"`input_ids` holds ids outside the model's vocabulary [0, {vocab_size}) (got min {input_ids.min().item()}, "
                 f"max {input_ids.max().item()}): is the tokenizer the one this model was trained with?"
             )
-        # A position-free GPT-2 backbone (backbone_positions=False) numbers every token 0, so it reads any length.
-        max_positions = getattr(self.config.backbone_config, "n_positions", None)
-        if not self.config.backbone_positions:
-            max_positions = None
+        max_positions = self.config.max_prompt_tokens
         if max_positions is not None and input_ids.shape[1] > max_positions:
             raise ValueError(
                 f"The prompt has {input_ids.shape[1]} tokens but the backbone reads at most {max_positions}."

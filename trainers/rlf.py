@@ -261,8 +261,8 @@ def offset_positions(attention_mask, config, enabled):
     absolute positions sees every position and reads long test prompts (offset 0 at test time). A position-free
     backbone (`backbone_positions=False`) gets no offset: it numbers every token 0 and reads any length."""
     positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
-    max_positions = getattr(config.backbone_config, "n_positions", None)
-    if enabled and max_positions is not None and config.backbone_positions:
+    max_positions = config.max_prompt_tokens
+    if enabled and max_positions is not None:
         room = max_positions - attention_mask.shape[1]
         positions = positions + torch.randint(0, room + 1, (attention_mask.shape[0], 1), device=positions.device)
     return positions
