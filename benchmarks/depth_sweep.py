@@ -34,7 +34,7 @@ def sweep(model, tokenizer, words, ids, hops, loops, n, batch_size, seed):
     max_loops = max(loops)
     loop_logits = []
     for start in range(0, n, batch_size):
-        batch = tokenizer([e["prompt"] for e in examples[start : start + batch_size]], padding=True, return_tensors="pt")
+        batch = tokenizer([e["question"] for e in examples[start : start + batch_size]], padding=True, return_tensors="pt")
         loop_logits.append(model(**batch, num_loops=max_loops).loop_logits)  # (b, max_loops, V)
     loop_logits = torch.cat(loop_logits)
     loop_logits[..., model.config.halt_token_id] = float("-inf")  # the question is which word the latent holds

@@ -53,16 +53,17 @@ def gate_noise(model):
 @contextmanager
 def prompt_shuffled(model):
     """Each example's lifeline re-injects another example's x_prompt (rolled by one row); its start latent is its own."""
-    encode = model.model.encode
+    encode, init_latent = model.model.encode, model.model.init_latent
 
     def shuffled_encode(*args, **kwargs):
-        context, latent = encode(*args, **kwargs)
+        context = encode(*args, **kwargs)
         context.prompt_state = context.prompt_state.roll(1, dims=0)
-        return context, latent
+        return context
 
     model.model.encode = shuffled_encode
+    model.model.init_latent = lambda context: init_latent(context).roll(-1, dims=0)  # rolled back: its own
     yield
-    model.model.encode = encode
+    model.model.encode, model.model.init_latent = encode, init_latent
 
 
 def velocity_threshold(threshold):
@@ -87,7 +88,7 @@ def evaluate_rows(model, tokenizer, test_sets, rows):
             results[name] = {}
             for hops, examples in test_sets.items():
                 figures = evaluate_examples(model, tokenizer, examples, **kwargs)
-                results[name][hops] = {**figures["per_hop"][hops], "examples_per_second": figures["examples_per_second"]}
+                results[name][hops] = {**figures["per_steps"][hops], "examples_per_second": figures["examples_per_second"]}
         row = results[name]
         print(f"{name:>22}: " + "  ".join(f"{h}:{100 * r['answer_exact_match']:.1f}" for h, r in row.items()))
     return results

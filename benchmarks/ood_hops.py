@@ -52,11 +52,8 @@ def run(model_dir, variant, hops_list, n, batch_size, seed, lane="pointer", arit
         if shared_only:  # no lane: every row runs on the shared weights, with no adapter
             examples = [{key: value for key, value in example.items() if key != "lane"} for example in examples]
         result = evaluate_examples(model, tokenizer, examples, batch_size=batch_size, max_loops=max_loops)
-        per_hop[hops] = result["per_hop"][hops]
-        per_hop[hops]["examples_per_second"] = result["examples_per_second"]
-        prompt_lengths = [len(ids) for ids in tokenizer([example["prompt"] for example in examples])["input_ids"]]
-        per_hop[hops]["mean_prompt_tokens"] = sum(prompt_lengths) / len(prompt_lengths)
-        row = per_hop[hops]
+        per_hop[hops] = row = result["per_steps"][hops]
+        row["examples_per_second"] = result["examples_per_second"]
         print(f"hops {hops:>3}: answer {100 * row['answer_exact_match']:6.2f}%  trace {100 * row['trace_exact_match']:6.2f}%"
               f"  halt@h+1 {100 * row['halt_rate']:6.2f}%  early halt {100 * row['early_halt_rate']:5.2f}%"
               f"  loops {row['mean_loops']:5.2f}  "

@@ -24,7 +24,7 @@ SEED = 5_000_000
 @torch.no_grad()
 def trajectories(model, tokenizer, hops, n, loops, seed):
     examples = generate_examples(n, hops, seed=seed + hops, **task_words(tokenizer))
-    inputs = tokenizer([e["prompt"] for e in examples], padding=True, return_tensors="pt")
+    inputs = tokenizer([e["question"] for e in examples], padding=True, return_tensors="pt")
     return model(**inputs, num_loops=loops).latents  # (n, loops, D): what the head reads after each loop
 
 

@@ -72,7 +72,7 @@ def speed_point(model_path, loops, batch_size, repeats):
     torch.manual_seed(0)
     model, tokenizer = load(model_path), build_tokenizer()
     examples = generate_examples(batch_size, 5, seed=0)
-    inputs = tokenizer([e["prompt"] for e in examples], padding=True, return_tensors="pt")
+    inputs = tokenizer([e["question"] for e in examples], padding=True, return_tensors="pt")
     Path("/proc/self/clear_refs").write_text("5")  # restart the peak counter: imports and loading no longer count
     before = memory_mb("VmRSS")
     seconds, out = timed(lambda: model.reason(**inputs, max_loops=loops, halting="fixed"), repeats)
@@ -86,7 +86,7 @@ def mixed_hops(model_path, repeats, max_hops=16, per_hop=16):
     """A batch with 1..max_hops hops: token halting (finished examples leave) vs a fixed depth for all."""
     model, tokenizer = load(model_path), build_tokenizer()
     examples = [e for h in range(1, max_hops + 1) for e in generate_examples(per_hop, h, seed=4_000_000 + h)]
-    inputs = tokenizer([e["prompt"] for e in examples], padding=True, return_tensors="pt")
+    inputs = tokenizer([e["question"] for e in examples], padding=True, return_tensors="pt")
     halting_seconds, out = timed(lambda: model.reason(**inputs, halting="token"), repeats)
     depth = int(out.loops.max())
     fixed_seconds, _ = timed(lambda: model.reason(**inputs, max_loops=depth, halting="fixed"), repeats)

@@ -6,9 +6,12 @@ asks for the value of one of them::
     A = dog. B = A. C = B. What is C?
     Answer:
 
-Resolving ``C`` takes ``hops=3`` lookups, visiting ``path=["B", "A", "dog"]``
-(the query itself is not part of the path). A looped model is supervised on one
-path node per loop and then on ``<HALT>``: ``loop_targets = path + ["<HALT>"]``.
+Resolving ``C`` takes ``hops=3`` lookups, visiting ``B``, ``A`` and ``dog`` (the
+query itself is not part of the path). Examples are in the package's one format
+(:mod:`recursive_latent.examples`): ``question`` (the prompt), ``steps`` (the
+statements followed, ``["C = B.", "B = A.", "A = dog."]``), ``answer`` (``dog``)
+and ``trace`` (``["B", "A", "dog"]``, one loop target per step; a looped model
+predicts ``<HALT>`` after it), plus ``hops``, ``variant`` and ``lane``.
 
 Two variants of this "pointer" lane exist:
 
@@ -39,7 +42,7 @@ if __package__ in (None, ""):
 
 from datasets import Dataset, DatasetDict, Features, List, Value
 
-from dataset_scripts.tokenizer import HALT_TOKEN, build_tokenizer
+from dataset_scripts.tokenizer import build_tokenizer
 from dataset_scripts.words import HELDOUT_VALUE_WORDS, TRAIN_VALUE_WORDS, VARIABLE_NAMES
 
 VARIANTS = ("chain", "shuffled")
@@ -55,11 +58,11 @@ ARITH_OPS = {
 
 FEATURES = Features(
     {
-        "prompt": Value("string"),
+        "question": Value("string"),
+        "steps": List(Value("string")),
         "answer": Value("string"),
+        "trace": List(Value("string")),
         "hops": Value("int64"),
-        "path": List(Value("string")),
-        "loop_targets": List(Value("string")),
         "variant": Value("string"),
         "lane": Value("string"),
     }
@@ -147,7 +150,7 @@ def make_example(
             :func:`dataset_scripts.tokenizer.task_words`).
 
     Returns:
-        A dict with ``prompt``, ``answer``, ``hops``, ``path``, ``loop_targets``,
+        An example dict: ``question``, ``steps``, ``answer``, ``trace``, ``hops``,
         ``variant`` and ``lane``.
     """
     (min_count, max_count), (min_length, max_length) = _check_pointer_args(
@@ -166,18 +169,18 @@ def make_example(
         start += length
         statements.append(f"{chain[0]} = {word}.")
         statements.extend(f"{name} = {previous}." for previous, name in zip(chain, chain[1:]))
+    # The answer chain is the first one, queried at its last name: its statements, followed from the query.
+    steps = list(reversed(statements[:hops]))
     if variant == "shuffled":
         rng.shuffle(statements)
 
-    # The answer chain is the first one; it is queried at its last name.
     query, answer = names[hops - 1], words[0]
-    path = list(reversed(names[: hops - 1])) + [answer]
     return {
-        "prompt": " ".join(statements) + QUESTION.format(query=query),
+        "question": " ".join(statements) + QUESTION.format(query=query),
+        "steps": steps,
         "answer": answer,
+        "trace": list(reversed(names[: hops - 1])) + [answer],
         "hops": hops,
-        "path": path,
-        "loop_targets": path + [HALT_TOKEN],
         "variant": variant,
         "lane": "pointer",
     }
@@ -195,8 +198,8 @@ def make_arith_example(
     """Draw one arithmetic-lane example: a chain of ``hops`` statements mod 10.
 
     The first statement assigns a digit, each later one applies one of ``ops``
-    (``+``, ``-``, ``*``) with a digit to the previous variable. ``path`` lists the
-    value after each statement in order, so ``path[-1]`` is the answer.
+    (``+``, ``-``, ``*``) with a digit to the previous variable. ``steps`` are the
+    statements in order and ``trace`` the value after each, so ``trace[-1]`` is the answer.
     Multiplication never uses 0, which would make the answer independent of the
     earlier hops.
     """
@@ -213,11 +216,11 @@ def make_arith_example(
         statements.append(f"{name} = {previous} {op} {operand}.")
         path.append(str(value))
     return {
-        "prompt": " ".join(statements) + QUESTION.format(query=names[-1]),
+        "question": " ".join(statements) + QUESTION.format(query=names[-1]),
+        "steps": statements,
         "answer": path[-1],
+        "trace": path,
         "hops": hops,
-        "path": path,
-        "loop_targets": path + [HALT_TOKEN],
         "variant": "chain",
         "lane": "arith",
     }
@@ -309,7 +312,7 @@ def build_datasets(
 
     train = generate("train", train_size, hops_train)
     splits = {"train": train}
-    seen = {example["prompt"] for example in train}
+    seen = {example["question"] for example in train}
 
     evaluation = [("validation", val_size, hops_train), ("test", test_size, hops_train)]
     evaluation += [(f"ood_hops_{hop}", ood_size, hop) for hop in ood_hops]
@@ -317,8 +320,8 @@ def build_datasets(
         values = HELDOUT_VALUE_WORDS if split == "heldout_values" else TRAIN_VALUE_WORDS
         kept = []
         for example in generate(split, size, hops, values):
-            if example["prompt"] not in seen:
-                seen.add(example["prompt"])
+            if example["question"] not in seen:
+                seen.add(example["question"])
                 kept.append(example)
         splits[split] = kept
 

@@ -1,25 +1,29 @@
-"""Word-level tokenizer for hop-chain prompts.
+"""Word-level tokenizer for task prompts.
 
-Every variable name, value word, digit and punctuation mark is exactly one token,
-so a prompt such as ``A = dog. B = A. What is B?\\nAnswer:`` becomes
-``A = dog . B = A . What is B ? Answer :``. Loop targets (names, values and
-``<HALT>``) are therefore single token ids, which is what the loop supervision
-needs. Decoding joins tokens with spaces, so ``decode(encode(prompt))`` equals
-the prompt up to whitespace.
+Every word, digit and punctuation mark is exactly one token, so a prompt such as
+``A = dog. B = A. What is B?\\nAnswer:`` becomes ``A = dog . B = A . What is B ? Answer :``.
+Loop targets (one word each, and ``<HALT>``) are therefore single token ids, which is
+what the loop supervision needs. Decoding joins tokens with spaces, so
+``decode(encode(prompt))`` equals the prompt up to whitespace.
+
+The vocabulary is the hop-chain word pools by default (:func:`build_vocab`), or the
+words of a training set (:func:`vocabulary_from_examples`) for a user's own data;
+a word outside it is ``<unk>``.
 
 A pretrained backbone brings its own tokenizer (:func:`load_tokenizer`). There a word is
 a loop target only if it is one token after a space (GPT-2: `` dog`` is, `` giraffe``
-is not); :func:`task_words` finds those words and the data is drawn from them alone.
+is not); :func:`task_words` finds the hop chains' words that are, and the data is drawn
+from them alone.
 """
 
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from dataset_scripts.words import TRAIN_VALUE_WORDS, VALUE_WORDS, VARIABLE_NAMES
+from recursive_latent.examples import HALT_TOKEN, LoopTargets
 
 PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
-HALT_TOKEN = "<HALT>"
 EOS_TOKEN = "<eos>"
 
 SPECIAL_TOKENS = (PAD_TOKEN, UNK_TOKEN, HALT_TOKEN, EOS_TOKEN)
@@ -28,27 +32,46 @@ PUNCTUATION = ("=", ".", "?", ":", "+", "-", "*")
 DIGITS = tuple(str(digit) for digit in range(10))
 
 
-def build_vocab() -> dict[str, int]:
-    """Return the fixed token -> id mapping (special tokens first, ``<pad>`` is 0)."""
-    tokens = SPECIAL_TOKENS + PROMPT_WORDS + PUNCTUATION + DIGITS + VARIABLE_NAMES + VALUE_WORDS
+def build_vocab(words=None) -> dict[str, int]:
+    """Return the token -> id mapping: special tokens first (``<pad>`` is 0), then ``words``, by default the hop
+    chains' fixed pools (prompt words, punctuation, digits, names, values)."""
+    if words is None:
+        words = PROMPT_WORDS + PUNCTUATION + DIGITS + VARIABLE_NAMES + VALUE_WORDS
+    tokens = SPECIAL_TOKENS + tuple(words)
     vocab = {token: index for index, token in enumerate(tokens)}
     if len(vocab) != len(tokens):
         raise RuntimeError("token pools overlap: every vocabulary entry must be unique")
     return vocab
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Build the word-level tokenizer, left-padding and ready for ``save_pretrained``."""
-    tokenizer = Tokenizer(models.WordLevel(vocab=build_vocab(), unk_token=UNK_TOKEN))
-    # Split on whitespace (newlines included), then isolate each punctuation mark
-    # ("dog." -> "dog", ".") and each digit ("14" -> "1", "4").
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+def pre_tokenizer():
+    """Split on whitespace (newlines included), then isolate each punctuation mark ("dog." -> "dog", ".") and each
+    digit ("14" -> "1", "4")."""
+    return pre_tokenizers.Sequence(
         [
             pre_tokenizers.WhitespaceSplit(),
             pre_tokenizers.Punctuation(behavior="isolated"),
             pre_tokenizers.Digits(individual_digits=True),
         ]
     )
+
+
+def vocabulary_from_examples(examples) -> list[str]:
+    """Every word of the examples' questions and traces, in order of first appearance (so the ids of a training set
+    do not depend on hashing), without the special tokens."""
+    split = pre_tokenizer().pre_tokenize_str
+    words = {}
+    for example in examples:
+        for text in (example["question"], *example["trace"]):
+            words.update((piece, None) for piece, _ in split(text) if piece not in SPECIAL_TOKENS)
+    return list(words)
+
+
+def build_tokenizer(words=None) -> PreTrainedTokenizerFast:
+    """Build the word-level tokenizer over ``words`` (default: the hop chains' pools), left-padding and ready for
+    ``save_pretrained``."""
+    tokenizer = Tokenizer(models.WordLevel(vocab=build_vocab(words), unk_token=UNK_TOKEN))
+    tokenizer.pre_tokenizer = pre_tokenizer()
     # Added tokens are matched before pre-tokenization, which keeps "<HALT>" whole
     # instead of splitting off "<" and ">". Unlike the special tokens, "<HALT>"
     # is an ordinary token: it survives ``decode(..., skip_special_tokens=True)``.
@@ -84,14 +107,12 @@ def load_tokenizer(name_or_path=None):
 
 
 def word_ids(tokenizer) -> dict[str, int]:
-    """Token id of every name, value word, digit and ``<HALT>`` that is exactly one token where prompts put it
-    (after a space); words the tokenizer splits are left out. The word-level tokenizer keeps every word."""
-    ids = {HALT_TOKEN: tokenizer.convert_tokens_to_ids(HALT_TOKEN)}
-    words = VARIABLE_NAMES + VALUE_WORDS + DIGITS
-    for word, pieces in zip(words, tokenizer([" " + word for word in words], add_special_tokens=False)["input_ids"]):
-        if len(pieces) == 1 and pieces[0] != tokenizer.unk_token_id:
-            ids[word] = pieces[0]
-    return ids
+    """Token id of every hop-chain name, value word, digit and ``<HALT>`` that is exactly one token where prompts put
+    it (after a space, :class:`LoopTargets`); words the tokenizer splits are left out. The word-level tokenizer
+    keeps every word."""
+    targets = LoopTargets(tokenizer)
+    ids = {word: targets.id(word) for word in (HALT_TOKEN,) + VARIABLE_NAMES + VALUE_WORDS + DIGITS}
+    return {word: token_id for word, token_id in ids.items() if token_id is not None}
 
 
 def task_words(tokenizer, values=TRAIN_VALUE_WORDS) -> dict[str, tuple[str, ...]]:

@@ -1,4 +1,5 @@
-"""Write a checkpoint's model card (README.md) from its training config and, when present, its benchmark JSON.
+"""Write a checkpoint's model card (README.md) from its training config and, when present, its benchmark JSON
+(`ood_hops.json` for the hop task, `evaluate_file.json` for a user's data).
 
     python -m model_cards.generate CHECKPOINT_DIR [--results ood_hops.json] [--repo_id user/name]
 """
@@ -11,6 +12,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 TEMPLATE = Path(__file__).with_name("template.md")
+RESULT_FILES = ("ood_hops.json", "evaluate_file.json")
 
 
 def training_record(model_dir):
@@ -25,47 +27,88 @@ def training_record(model_dir):
     config_file = model_dir / "training_config.yaml"
     if config_file.is_file():
         run_config = yaml.safe_load(config_file.read_text())
-        data = run_config.get("data", {})
-        record["trained_hops"] = [data.get("min_hops"), results.get("trained_max_hops", data.get("max_hops"))]
+        data, source = run_config.get("data", {}), run_config.get("data_source", {})
+        if source.get("source") in ("file", "dataset"):  # the steps range of the training examples
+            record["trained_hops"] = [source["steps"][0], results.get("trained_max_hops", source["steps"][1])]
+        else:
+            record["trained_hops"] = [data.get("min_hops"), results.get("trained_max_hops", data.get("max_hops"))]
         record["training_command"] = run_config.get("command")
     return record
 
 
-def eval_results(results, dataset_name):
-    """One `model-index` entry per hop count and metric, with the numbers exactly as in the benchmark JSON."""
+def data_description(training):
+    """One line on the data a checkpoint was trained on, from its training_config.yaml."""
+    source, data = training.get("data_source") or {}, training.get("data", {})
+    if source.get("source") in ("file", "dataset"):
+        text = f"`{Path(source['train']).name}` ({source['train_examples']:,} examples of {source['steps'][0]}-" \
+               f"{source['steps'][1]} steps"
+        text += f", sha256 `{source['train_sha256'][:12]}`)" if "train_sha256" in source else ")"
+        if "validation" in source:
+            text += f", validated on `{Path(source['validation']).name}` ({source['validation_examples']:,} examples)"
+        return text
+    return (f"generated {data.get('variant', '?')} hop chains (`dataset_scripts/hop_chains.py`, lane "
+            f"`{data.get('lane') or 'pointer'}`, {data.get('min_distractors', '?')}-{data.get('max_distractors', '?')} "
+            f"distractor chains of {data.get('min_distractor_hops', '?')}-{data.get('max_distractor_hops', '?')} hops)")
+
+
+def find_results(checkpoint_dir, results_path=None):
+    """The benchmark JSON of a checkpoint (the one given, else `ood_hops.json` or `evaluate_file.json` inside it),
+    or None."""
+    candidates = [Path(results_path)] if results_path else [Path(checkpoint_dir) / name for name in RESULT_FILES]
+    found = next((path for path in candidates if path.is_file()), None)
+    return json.loads(found.read_text()) if found else None
+
+
+def per_group(results):
+    """The per-hop (hop benchmark) or per-steps (file benchmark) rows, and what a group is called."""
+    return (results["per_hop"], "hops") if "per_hop" in results else (results["per_steps"], "steps")
+
+
+def eval_results(results):
+    """One `model-index` entry per group (hop count or number of steps) and metric, with the numbers exactly as in
+    the benchmark JSON."""
+    rows, group = per_group(results)
+    hop_task = group == "hops"
     entries = []
-    for hops, row in results["per_hop"].items():
+    for size, row in rows.items():
         for metric in ("answer_exact_match", "trace_exact_match", "halt_rate"):
             entries.append(EvalResult(
-                task_type="text-generation", dataset_type="hop_chains", dataset_name=dataset_name,
-                dataset_config=results["variant"], dataset_split=f"ood_hops_{hops}",
+                task_type="text-generation", dataset_type="hop_chains" if hop_task else "json",
+                dataset_name="hop_chains" if hop_task else Path(results["data"]).name,
+                dataset_config=results.get("variant"), dataset_split=f"ood_hops_{size}" if hop_task else f"steps_{size}",
                 dataset_args={"seed": results["seed"], "n": row["n"]}, metric_type=metric,
-                metric_name=f"{metric} @ {hops} hops", metric_value=row[metric],
+                metric_name=f"{metric} @ {size} {group}", metric_value=row[metric],
             ))
     return entries
 
 
 def results_table(results):
     if results is None:
-        return "Not benchmarked yet: run `python benchmarks/ood_hops.py --model PATH`."
-    lines = ["| hops | n | answer EM (95% CI) | trace EM (95% CI) | halt at hops+1 | mean loops |", "|---|---|---|---|---|---|"]
-    for hops, r in results["per_hop"].items():
+        return ("Not benchmarked yet: run `python benchmarks/ood_hops.py --model PATH` (hop chains) or "
+                "`python benchmarks/evaluate_file.py --model PATH --data FILE`.")
+    rows, group = per_group(results)
+    lines = [f"| {group} | n | answer EM (95% CI) | trace EM (95% CI) | halt at {group}+1 | mean loops |",
+             "|---|---|---|---|---|---|"]
+    for size, r in rows.items():
         lines.append(
-            f"| {hops} | {r['n']} | {100 * r['answer_exact_match']:.1f} ({100 * r['answer_exact_match_ci95'][0]:.1f}-"
+            f"| {size} | {r['n']} | {100 * r['answer_exact_match']:.1f} ({100 * r['answer_exact_match_ci95'][0]:.1f}-"
             f"{100 * r['answer_exact_match_ci95'][1]:.1f}) | {100 * r['trace_exact_match']:.1f} "
             f"({100 * r['trace_exact_match_ci95'][0]:.1f}-{100 * r['trace_exact_match_ci95'][1]:.1f}) | "
             f"{100 * r['halt_rate']:.1f} | {r['mean_loops']:.2f} |"
         )
-    return "\n".join(lines) + f"\n\nVariant `{results['variant']}`, seed {results['seed']}, fresh prompts."
+    if group == "hops":
+        return "\n".join(lines) + f"\n\nVariant `{results['variant']}`, seed {results['seed']}, fresh prompts."
+    return "\n".join(lines) + f"\n\nOn `{Path(results['data']).name}` ({results['n']:,} examples): `{results['command']}`."
 
 
 def limits(results):
     if results is None:
         return ""
-    weak = [h for h, r in results["per_hop"].items() if r["answer_exact_match"] < 0.99]
+    rows, group = per_group(results)
+    weak = [size for size, r in rows.items() if r["answer_exact_match"] < 0.99]
     if not weak:
-        return "Every benchmarked hop count reached >= 99% answer exact match."
-    return f"Answer exact match falls below 99% at {', '.join(map(str, weak))} hops."
+        return f"Every benchmarked {group} count reached >= 99% answer exact match."
+    return f"Answer exact match falls below 99% at {', '.join(map(str, weak))} {group}."
 
 
 def build_model_card(checkpoint_dir, results_path=None, repo_id=None):
@@ -75,20 +118,24 @@ def build_model_card(checkpoint_dir, results_path=None, repo_id=None):
     config_file = checkpoint_dir / "training_config.yaml"
     training = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
     trained_hops = training_record(checkpoint_dir)["trained_hops"] or ["?", "?"]
-    results_path = Path(results_path) if results_path else checkpoint_dir / "ood_hops.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else None
+    results = find_results(checkpoint_dir, results_path)
     name = repo_id or checkpoint_dir.resolve().name
-    data = training.get("data", {})
+    source = training.get("data_source") or {}
+    on_files = source.get("source") in ("file", "dataset")
     card_data = ModelCardData(
         library_name="transformers", license="apache-2.0", tags=["recursive-latent", "looped", "multi-hop"],
-        model_name=name, eval_results=eval_results(results, "hop_chains") if results else None,
+        model_name=name, eval_results=eval_results(results) if results else None,
     )
     card = ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), model_name=name, repo_or_path=repo_id or str(checkpoint_dir),
         backbone_type=config["backbone_config"]["model_type"], backbone_mode=config["backbone_mode"],
-        core_design=config["core_design"], core_block=config["core_block"], variant=data.get("variant", "?"),
-        train_hops="-".join(map(str, trained_hops)), results_table=results_table(results),
-        training_config=yaml.safe_dump(training, sort_keys=False).strip(), limits=limits(results),
+        core_design=config["core_design"], core_block=config["core_block"], training_data=data_description(training),
+        train_range=f"{'-'.join(map(str, trained_hops))} {'steps' if on_files else 'hops'}",
+        example_question=json.dumps(source.get("example_question", "A = dog. B = A. What is B?\nAnswer:")),
+        results_table=results_table(results), training_config=yaml.safe_dump(training, sort_keys=False).strip(),
+        task="the examples of its training data" if on_files else
+             "multi-hop variable lookup in the project's prompt format (`A = dog. B = A. What is B?\\nAnswer:`)",
+        limits=limits(results),
     )
     return card
 

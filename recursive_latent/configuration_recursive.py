@@ -89,8 +89,9 @@ class RecursiveLatentConfig(PretrainedConfig):
             Loops run in training (hops + 1 for the `<HALT>` loop); labels may not ask for more.
         max_inference_loops (`int`, *optional*, defaults to 72):
             Upper limit of loops in `reason()` and in `forward` without labels.
-        halt_token_id (`int`, *optional*, defaults to 2):
-            Token id of `<HALT>`.
+        halt_token_id (`int`, *optional*):
+            Token id of `<HALT>` in the model's tokenizer (the trainer sets it from the tokenizer). Needed by the
+            `token` halting mode, which stops an example at this token.
         halting (`str`, *optional*, defaults to `"token"`):
             How `reason()` stops an example: `"token"` once its loop predicts `halt_token_id` (trained with a
             `<HALT>` target after the path); `"head"` once the halting head's p_halt >= `halt_threshold` (needs
@@ -101,7 +102,7 @@ class RecursiveLatentConfig(PretrainedConfig):
         fixed_loops (`int`, *optional*, defaults to 6):
             Loops of the `"fixed"` mode.
         halt_velocity (`float`, *optional*, defaults to 0.01):
-            Threshold of the `"velocity"` mode.
+            Threshold of the `"velocity"` mode, > 0.
         halt_head (`bool`, *optional*, defaults to `False`):
             Add a halting head (as in TRM and the CTR paper): a linear map of the loop's output to p_halt, trained
             with binary cross-entropy against "this loop's answer (best token other than `<HALT>`) is already right".
@@ -112,10 +113,11 @@ class RecursiveLatentConfig(PretrainedConfig):
             backbone's embeddings (std 0.02) give logits too flat for the head to learn from (measured: the loop
             stays at uniform over the value words).
         initializer_range (`float`, *optional*):
-            Std of the normal initialisation of the core's and head's linear layers. Defaults to
+            Std of the normal initialisation of the core's and head's linear layers, > 0. Defaults to
             `core_hidden_size ** -0.5` (fan-in scaling); GPT-2's 0.02 is tuned for width 768.
-        base_lane (`str`, *optional*, defaults to `"pointer"`):
-            The task lane the shared weights were trained on; its examples run without an adapter.
+        base_lane (`str`, *optional*):
+            The task lane the shared weights were trained on (the trainer sets it from the training data, e.g.
+            `"pointer"` for the hop chains); its examples, and examples without a lane, run without an adapter.
         lane_adapters (`list[str]`, *optional*):
             Lanes with a PEFT LoRA adapter on the core, saved in `adapters/<lane>/` and loaded by `from_pretrained`.
 
@@ -124,7 +126,7 @@ class RecursiveLatentConfig(PretrainedConfig):
     ```python
     >>> from recursive_latent import RecursiveLatentConfig, RecursiveLatentForCausalLM
 
-    >>> config = RecursiveLatentConfig()  # tiny GPT-2 backbone, latent core, all-layer memory
+    >>> config = RecursiveLatentConfig(halt_token_id=2)  # tiny GPT-2 backbone, latent core, all-layer memory
     >>> model = RecursiveLatentForCausalLM(config)
     ```"""
 
@@ -154,7 +156,7 @@ class RecursiveLatentConfig(PretrainedConfig):
         loop_rotary=False,
         max_loops=8,
         max_inference_loops=MAX_INFERENCE_LOOPS,
-        halt_token_id=2,
+        halt_token_id=None,
         halting="token",
         fixed_loops=6,
         halt_velocity=0.01,
@@ -162,7 +164,7 @@ class RecursiveLatentConfig(PretrainedConfig):
         halt_threshold=0.5,
         tie_word_embeddings=False,
         initializer_range=None,
-        base_lane="pointer",
+        base_lane=None,
         lane_adapters=None,
         **kwargs,
     ):
@@ -171,7 +173,7 @@ class RecursiveLatentConfig(PretrainedConfig):
         self.backbone_mode = backbone_mode
         self.core_design = core_design
         self.core_block = core_block
-        self.core_hidden_size = core_hidden_size or self.backbone_config.hidden_size
+        self.core_hidden_size = self.backbone_config.hidden_size if core_hidden_size is None else core_hidden_size
         self.core_num_heads = core_num_heads
         self.core_num_layers = core_num_layers
         self.core_mlp_ratio = core_mlp_ratio
@@ -195,7 +197,7 @@ class RecursiveLatentConfig(PretrainedConfig):
         self.halt_head = halt_head
         self.halt_threshold = halt_threshold
         self.tie_word_embeddings = tie_word_embeddings
-        self.initializer_range = initializer_range or self.core_hidden_size**-0.5
+        self.initializer_range = self.core_hidden_size**-0.5 if initializer_range is None else initializer_range
         self.base_lane = base_lane
         self.lane_adapters = list(lane_adapters or [])
         # Remote code: both Auto classes resolve to the files `save_pretrained` copies next to the weights.
@@ -263,13 +265,19 @@ class RecursiveLatentConfig(PretrainedConfig):
             raise ValueError(f"`latent_newton_schulz` needs the latent core design and `newton_schulz_rows` dividing "
                              f"`core_hidden_size` (got {self.core_design!r}, {self.newton_schulz_rows} rows, width "
                              f"{self.core_hidden_size}).")
-        if not 0 < self.halt_threshold < 1:
-            raise ValueError(f"`halt_threshold` must be in (0, 1) (got {self.halt_threshold!r}).")
+        for name, low, high in (("halt_threshold", 0, 1), ("halt_velocity", 0, None), ("initializer_range", 0, None)):
+            value = getattr(self, name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not value > low or (high is not None and not value < high):
+                allowed = f"in ({low}, {high})" if high is not None else f"> {low}"
+                raise ValueError(f"`{name}` must be a number {allowed} (got {value!r}).")
+        if isinstance(self.lifeline_gate_init, bool) or not isinstance(self.lifeline_gate_init, (int, float)):
+            raise ValueError(f"`lifeline_gate_init` must be a number (got {self.lifeline_gate_init!r}).")
         vocab_size = self.backbone_config.vocab_size
-        if not isinstance(self.halt_token_id, int) or not 0 <= self.halt_token_id < vocab_size:
-            raise ValueError(
-                f"`halt_token_id` must be a token id in [0, {vocab_size}) (got {self.halt_token_id!r})."
-            )
+        halt_id = self.halt_token_id
+        if halt_id is not None and (not isinstance(halt_id, int) or isinstance(halt_id, bool) or not 0 <= halt_id < vocab_size):
+            raise ValueError(f"`halt_token_id` must be a token id in [0, {vocab_size}) (got {halt_id!r}).")
+
 
     @property
     def backbone_type(self):

@@ -1,28 +1,22 @@
 """RecursiveLatent: a pretrained backbone read once, then a tiny core looped over a latent until it predicts <HALT>."""
 
-import math
-import re
-import warnings
+import numbers
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.models.mamba2.modeling_mamba2 import Mamba2Block, Mamba2Mixer
-from transformers.utils import ModelOutput, cached_file, logging
+from transformers.utils import ModelOutput, logging
 
 from .configuration_recursive import HALTING_MODES, RecursiveLatentConfig
+from .lanes import LaneAdaptersMixin, LaneRouting
 
 logger = logging.get_logger(__name__)
 
-# Lanes (TREX): a PEFT LoRA adapter per task on the core's linear layers, chosen per example. Rows of the base lane
-# run without one; PEFT's mixed-batch LoRA groups the rows of each adapter, so one batch may mix lanes.
+# Lanes (`lanes.py`): a PEFT LoRA adapter per task on these linear layers of the core, chosen per example.
 LANE_TARGETS = r"model\.(memory_proj|blocks\.\d+\.(attn\.(query|key_value|out)|mlp\.(up|down)|mixer\.(in_proj|out_proj)))"
-NO_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
-PEFT_PREFIX = "base_model.model."  # key prefix of a standard PEFT adapter file
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -141,6 +135,9 @@ class MambaCoreBlock(nn.Module):
 
         width = config.core_hidden_size
         head_dim = 16 if width % 16 == 0 else width
+        # Mamba2's own defaults for a block of this width (expand 2, heads of 16 channels), a 32-wide state as the
+        # tiny Mamba2 backbones here use, and chunks of 16 tokens: the pure-torch scan on the CPU is ~12x slower at
+        # the default chunk of 256 on prompts this short (platform measurements).
         mamba_config = Mamba2Config(
             hidden_size=width, expand=2, head_dim=head_dim, num_heads=2 * width // head_dim, n_groups=1,
             state_size=32, chunk_size=16, num_hidden_layers=1, vocab_size=1,
@@ -184,9 +181,13 @@ class RecursiveLatentPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, then a `frozen` or `lora` backbone frozen again: loading makes every
-        weight it loads trainable."""
+        """`PreTrainedModel.from_pretrained`, refusing a checkpoint with non-finite weights (it would answer `<pad>`
+        at every loop), then a `frozen` or `lora` backbone frozen again: loading makes every weight trainable."""
         model = super().from_pretrained(*args, **kwargs)
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise ValueError(f"{args[0] if args else 'The checkpoint'}: weight `{name}` holds NaN or inf values "
+                                 "(a corrupted file, or saved from a diverged run).")
         for module in model.modules():
             if isinstance(module, RecursiveLatentModel) and module.config.backbone_mode != "full":
                 module.freeze_backbone()
@@ -280,134 +281,59 @@ class LoopContext:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Lanes (TREX): per-task LoRA adapters on the looped layers, shared by every model family of the package
+# Halting rules: after each loop, which of the examples still looping stop (Huginn's exit evaluators, as functions)
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class LaneRouting:
-    """Mixed into the module that runs the looped layers: it knows each row's lane adapter while a batch runs."""
+@dataclass
+class LoopStep:
+    """What a halting rule sees after one loop, for the b examples still looping: the loop index (from 0), the
+    loop cap, each example's predicted token (b,), the vector the head read (b, D) and the previous one (or None)."""
 
-    row_adapters = None  # set at the start of every step; None = no row uses an adapter
+    loop: int
+    max_loops: int
+    prediction: torch.Tensor
+    output: torch.Tensor
+    previous: torch.Tensor | None
 
-    def route_lanes(self, module, args, kwargs):
-        """Forward pre-hook of every lane LoRA layer: tell it each row's adapter (none when no lanes are given)."""
-        kwargs["adapter_names"] = self.row_adapters or [NO_ADAPTER] * args[0].shape[0]
-        return args, kwargs
+
+def stop_on_halt_token(model, step):
+    """`token`: the loop predicted `<HALT>` (trained with a `<HALT>` target after the path)."""
+    if model.config.halt_token_id is None:
+        raise ValueError("`halting='token'` needs `config.halt_token_id`, the id of `<HALT>` in the model's tokenizer.")
+    return step.prediction == model.config.halt_token_id
 
 
-class LaneAdaptersMixin:
-    """Named PEFT LoRA adapters, one per task lane, on the Linear layers matching `lane_targets`; `lane_router` is
-    the `LaneRouting` module whose `row_adapters` routes each example. Rows of `config.base_lane` use no adapter."""
+def stop_on_halt_head(model, step):
+    """`head`: the halting head's p_halt reached `halt_threshold` (as in TRM and the CTR paper)."""
+    return torch.sigmoid(model.halt_logit(step.output)) >= model.config.halt_threshold
 
-    lane_targets = None
-    lane_router = None
 
-    @property
-    def lanes(self):
-        return [self.config.base_lane, *self.config.lane_adapters]
+def stop_after_fixed_loops(model, step):
+    """`fixed`: every example runs exactly `max_loops` loops (as Ouro and Huginn run)."""
+    return torch.full_like(step.prediction, step.loop + 1 == step.max_loops, dtype=torch.bool)
 
-    def adapter_names(self, lanes, batch_size):
-        """Each row's adapter name for PEFT's mixed-batch LoRA, from a lane per row (or one lane for all)."""
-        if lanes is None:
-            return None
-        lanes = [lanes] * batch_size if isinstance(lanes, str) else list(lanes)
-        if len(lanes) != batch_size:
-            raise ValueError(f"`lanes` has {len(lanes)} entries for a batch of {batch_size}.")
-        unknown = sorted(set(lanes) - set(self.lanes))
-        if unknown:
-            raise ValueError(f"Unknown lane(s) {unknown}: this model has lanes {self.lanes}.")
-        if not self.config.lane_adapters:
-            return None
-        return [lane if lane in self.config.lane_adapters else NO_ADAPTER for lane in lanes]
 
-    def add_lane(self, lane, r=4, lora_alpha=8):
-        """Add an untrained LoRA adapter for `lane` on the looped layers (`lane_targets`) and return its parameters.
-        PEFT leaves only adapter parameters trainable, so the shared weights stay bit-identical unless re-enabled."""
-        from peft import LoraConfig
+def stop_when_latent_settles(model, step):
+    """`velocity`: the latent stopped moving, ||x_t - x_{t-1}|| / ||x_t|| < `halt_velocity` (seed 003); the first
+    loop has nothing to compare with."""
+    if step.previous is None:
+        return torch.zeros_like(step.prediction, dtype=torch.bool)
+    return (step.output - step.previous).norm(dim=-1) / step.output.norm(dim=-1) < model.config.halt_velocity
 
-        taken = [self.config.base_lane, *self.config.lane_adapters]
-        if lane in taken or not re.fullmatch(r"[a-z][a-z0-9_]*", lane) or lane in "lora_":
-            raise ValueError(f"Lane name {lane!r} is taken or invalid (taken: {taken}); use lowercase letters, "
-                             f"digits and _ (PEFT also refuses substrings of 'lora_').")
-        self._inject_lane(lane, LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=self.lane_targets, lora_dropout=0.0))
-        return self.lane_parameters(lane)
 
-    def _inject_lane(self, lane, lora_config):
-        from peft import inject_adapter_in_model
-        from peft.tuners.lora import LoraLayer
+HALTING_RULES = {
+    "token": stop_on_halt_token, "head": stop_on_halt_head, "fixed": stop_after_fixed_loops,
+    "velocity": stop_when_latent_settles,
+}
+assert tuple(HALTING_RULES) == HALTING_MODES  # the names the config accepts
 
-        with warnings.catch_warnings():  # PEFT warns on every adapter after the first; several are the point here
-            warnings.simplefilter("ignore")
-            inject_adapter_in_model(lora_config, self, adapter_name=lane)
-        for module in self.modules():
-            if isinstance(module, LoraLayer) and not getattr(module, "routes_lanes", False):
-                module.register_forward_pre_hook(self.lane_router.route_lanes, with_kwargs=True)
-                module.routes_lanes = True
-        self.config.lane_adapters = [*self.config.lane_adapters, lane]
 
-    def lane_parameters(self, lane):
-        return [p for name, p in self.named_parameters() if re.search(rf"\.lora_[AB]\.{lane}\.", name)]
-
-    def save_lane(self, lane, directory):
-        """Save one lane as a standard PEFT adapter folder (`adapter_config.json`, `adapter_model.safetensors`)."""
-        from peft import get_peft_model_state_dict
-
-        directory = Path(directory)
-        self.peft_config[lane].save_pretrained(directory)
-        state = get_peft_model_state_dict(self, adapter_name=lane)
-        save_file({PEFT_PREFIX + key: value.contiguous() for key, value in state.items()},
-                  directory / "adapter_model.safetensors", metadata={"format": "pt"})
-
-    def load_lane(self, lane, path_or_repo_id, subfolder="", **hub_kwargs):
-        """Load a lane adapter saved by `save_lane`: a local folder, or a Hub repo with `subfolder`."""
-        from peft import LoraConfig, set_peft_model_state_dict
-
-        if lane in self.config.lane_adapters:
-            raise ValueError(f"This model already has an adapter for lane {lane!r}.")
-        files = [cached_file(path_or_repo_id, name, subfolder=subfolder, **hub_kwargs)
-                 for name in ("adapter_config.json", "adapter_model.safetensors")]
-        state = {key.removeprefix(PEFT_PREFIX): value for key, value in load_file(files[1]).items()}
-        self._check_lane_shapes(lane, state)
-        self._inject_lane(lane, LoraConfig.from_pretrained(str(Path(files[0]).parent)))
-        set_peft_model_state_dict(self, state, adapter_name=lane)
-
-    def _check_lane_shapes(self, lane, state):
-        """Refuse an adapter saved for another core before touching the model: LoRA A is (r, in), B is (out, r)."""
-        modules = dict(self.named_modules())
-        for key, value in state.items():
-            module_name, kind = key.rsplit(".lora_", 1)
-            module = modules.get(module_name)
-            module = getattr(module, "base_layer", module)
-            expected = None
-            if isinstance(module, nn.Linear):
-                expected = module.in_features if kind.startswith("A") else module.out_features
-            got = value.shape[1] if kind.startswith("A") else value.shape[0]
-            if expected != got:
-                raise ValueError(
-                    f"Lane {lane!r} was saved for a different core: its {key} has shape {tuple(value.shape)}, "
-                    f"which does not fit {'no layer' if expected is None else f'a layer of width {expected}'} here."
-                )
-
-    def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
-        """Save the shared weights in the plain layout, then every lane as a PEFT folder in `adapters/<lane>/`."""
-        if self.config.lane_adapters:
-            state_dict = state_dict if state_dict is not None else self.state_dict()
-            state_dict = {key.replace(".base_layer.", "."): value for key, value in state_dict.items()
-                          if ".lora_" not in key}
-        super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
-        for lane in self.config.lane_adapters:
-            self.save_lane(lane, Path(save_directory) / "adapters" / lane)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, then every lane adapter the checkpoint lists (local or on the Hub)."""
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        lanes, model.config.lane_adapters = model.config.lane_adapters, []
-        hub_kwargs = {key: kwargs[key] for key in ("cache_dir", "revision", "token", "local_files_only") if key in kwargs}
-        for lane in lanes:
-            subfolder = "/".join(filter(None, [kwargs.get("subfolder"), "adapters", lane]))
-            model.load_lane(lane, pretrained_model_name_or_path, subfolder=subfolder, **hub_kwargs)
-        return model
+def halting_rule(name):
+    """The halting rule called `name`; unknown names are refused with the list of known ones."""
+    if name not in HALTING_RULES:
+        raise ValueError(f"`halting` must be one of {', '.join(map(repr, HALTING_RULES))} (got {name!r}).")
+    return HALTING_RULES[name]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -497,7 +423,7 @@ class RecursiveLatentModel(RecursiveLatentPreTrainedModel, LaneRouting):
         return list(outputs.hidden_states) if self.config.memory == "all" else [outputs.last_hidden_state]
 
     def encode(self, input_ids, attention_mask=None, position_ids=None, adapter_names=None):
-        """Run the backbone ONCE and build everything the loops read (a `LoopContext`) and the start latent."""
+        """Run the backbone ONCE and build everything the loops read (a `LoopContext`)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         self.check_inputs(input_ids, attention_mask)
@@ -513,13 +439,16 @@ class RecursiveLatentModel(RecursiveLatentPreTrainedModel, LaneRouting):
         rows = torch.arange(memory.shape[0], device=memory.device)
         if self.config.core_design == "latent":
             prompt_state = memory[rows, last_index]  # (B, D): x_prompt at the last real token
-            latent = prompt_state
             key_values = [block.attn.project_memory(memory) for block in self.blocks if isinstance(block, CoreBlock)]
         else:
             prompt_state = memory  # (B, T, D): the whole prompt is re-injected
-            latent = memory
             key_values = None
-        return LoopContext(memory, mask, last_index, prompt_state, key_values or None, adapter_names), latent
+        return LoopContext(memory, mask, last_index, prompt_state, key_values or None, adapter_names)
+
+    def init_latent(self, context):
+        """The latent the first loop starts from: the prompt state itself (x_prompt at the last token in the latent
+        design, the whole memory in the sequence design), as the RLF seed starts its loop from the backbone's output."""
+        return context.prompt_state
 
     # -- 2. one loop ---------------------------------------------------------------------------------------------
 
@@ -575,7 +504,8 @@ class RecursiveLatentModel(RecursiveLatentPreTrainedModel, LaneRouting):
         num_loops = num_loops or self.config.max_inference_loops
         if num_loops < 1:
             raise ValueError(f"`num_loops` must be >= 1 (got {num_loops}).")
-        context, latent = self.encode(input_ids, attention_mask, position_ids, adapter_names)
+        context = self.encode(input_ids, attention_mask, position_ids, adapter_names)
+        latent = self.init_latent(context)
         first_grad_loop = 0 if grad_loops is None else max(num_loops - grad_loops, 0)
         outputs = []
         for loop in range(num_loops):
@@ -653,12 +583,14 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
 
     def without_halt(self, loop_logits):
         """The logits with `<HALT>` ruled out: their argmax is the loop's answer."""
+        if self.config.halt_token_id is None:
+            return loop_logits.float()
         halt = torch.tensor([self.config.halt_token_id], device=loop_logits.device)
         return loop_logits.float().index_fill(-1, halt, float("-inf"))
 
     def answer_loop(self, loop_predictions):
         """Index of the answer loop: the one before the first `<HALT>`, else the last. (B, L) -> (B,)"""
-        is_halt = loop_predictions == self.config.halt_token_id
+        is_halt = loop_predictions == (-1 if self.config.halt_token_id is None else self.config.halt_token_id)
         L = loop_predictions.shape[1]
         first_halt = torch.where(is_halt.any(1), is_halt.int().argmax(1), torch.full_like(is_halt[:, 0], L, dtype=torch.long))
         return (first_halt - 1).clamp(min=0)
@@ -698,6 +630,10 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
             adapter_names=self.adapter_names(lanes, input_ids.shape[0]),
         )
         loop_logits = self.head(outputs.latents)  # (B, L, V)
+        if loop_labels is None and not torch.isfinite(loop_logits).all():  # training checks its loss instead
+            broken = int((~torch.isfinite(loop_logits)).any(-1).any(0).int().argmax()) + 1
+            raise FloatingPointError(f"The logits of loop {broken} hold NaN or inf: the weights or the inputs are "
+                                     "broken (a diverged or corrupted checkpoint?).")
         halt_logits = self.halt_logit(outputs.latents) if self.halt_head is not None else None
         loss = None
         if loop_labels is not None:
@@ -724,46 +660,39 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
     def reason(self, input_ids, attention_mask=None, max_loops=None, lanes=None, halting=None):
         """Loop each example until its halting rule stops it or it hits `max_loops` (default
         `config.max_inference_loops`). Examples that stopped leave the batch, so a batch costs the sum of its
-        examples' loops. `halting` overrides `config.halting` (`token`, `head`, `fixed`, `velocity`, see the config);
-        `lanes` picks each example's lane adapter, as in `forward`. The answer is the last prediction that is not
-        `<HALT>`: in `token` mode the loop before `<HALT>`, in the others the last loop run (or the last one before it
-        that did not predict `<HALT>`)."""
+        examples' loops, and the outputs grow with the loops actually run. `halting` overrides `config.halting`
+        (`token`, `head`, `fixed`, `velocity`: `HALTING_RULES`); `lanes` picks each example's lane adapter, as in
+        `forward`. The answer is the last prediction that is not `<HALT>`: in `token` mode the loop before `<HALT>`,
+        in the others the last loop run (or the last one before it that did not predict `<HALT>`)."""
         halting = halting or self.config.halting
-        if halting not in HALTING_MODES:
-            raise ValueError(f"`halting` must be one of {', '.join(map(repr, HALTING_MODES))} (got {halting!r}).")
+        should_stop = halting_rule(halting)
         if halting == "head" and self.halt_head is None:
             raise ValueError("`halting='head'` needs a halting head; this model was built without one (`halt_head`).")
         if max_loops is None:
             max_loops = self.config.fixed_loops if halting == "fixed" else self.config.max_inference_loops
-        if max_loops < 1:
-            raise ValueError(f"`max_loops` must be >= 1 (got {max_loops}).")
-        adapter_names = self.adapter_names(lanes, input_ids.shape[0])
-        context, latent = self.model.encode(input_ids, attention_mask, adapter_names=adapter_names)
+        if isinstance(max_loops, bool) or not isinstance(max_loops, numbers.Integral) or max_loops < 1:
+            raise ValueError(f"`max_loops` must be a positive integer (got {max_loops!r}).")
+        context = self.model.encode(input_ids, attention_mask, adapter_names=self.adapter_names(lanes, input_ids.shape[0]))
+        latent = self.model.init_latent(context)
         B, device = input_ids.shape[0], input_ids.device
         pad_id = self.config.pad_token_id if self.config.pad_token_id is not None else 0
-        trace = torch.full((B, max_loops), pad_id, dtype=torch.long, device=device)
         answer = torch.full((B,), pad_id, dtype=torch.long, device=device)
         loops = torch.zeros(B, dtype=torch.long, device=device)
         halted = torch.zeros(B, dtype=torch.bool, device=device)
         active = torch.arange(B, device=device)  # original row of each example still looping
-        previous = None
+        trace, previous = [], None  # trace: one (B,) row of predictions per loop run
         for loop in range(max_loops):
             latent, out = self.model.loop_step(latent, context, loop)
-            prediction = self.head(out).argmax(-1)  # (b,)
-            trace[active, loop] = prediction
+            logits = self.head(out)  # (b, V)
+            if not torch.isfinite(logits).all():
+                raise FloatingPointError(f"The logits of loop {loop + 1} hold NaN or inf: the weights or the inputs "
+                                         "are broken (a diverged or corrupted checkpoint?).")
+            prediction = logits.argmax(-1)  # (b,)
+            trace.append(torch.full((B,), pad_id, dtype=torch.long, device=device).index_copy(0, active, prediction))
             loops[active] += 1
             is_halt = prediction == self.config.halt_token_id
             answer[active[~is_halt]] = prediction[~is_halt]
-            if halting == "token":
-                stop = is_halt
-            elif halting == "head":
-                stop = torch.sigmoid(self.halt_logit(out)) >= self.config.halt_threshold
-            elif halting == "fixed":
-                stop = torch.full_like(is_halt, loop + 1 == max_loops)
-            elif previous is None:  # velocity: the first loop has nothing to compare with
-                stop = torch.zeros_like(is_halt)
-            else:
-                stop = (out - previous).norm(dim=-1) / out.norm(dim=-1) < self.config.halt_velocity
+            stop = should_stop(self, LoopStep(loop, max_loops, prediction, out, previous))
             halted[active[stop]] = True
             previous = out
             if stop.any():
@@ -771,9 +700,7 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
                 active, latent, context, previous = active[keep], latent[keep], context.select(keep), previous[keep]
                 if active.numel() == 0:
                     break
-        return RecursiveLatentReasonOutput(
-            answer_ids=answer, loops=loops, halted=halted, trace_ids=trace[:, : int(loops.max())]
-        )
+        return RecursiveLatentReasonOutput(answer_ids=answer, loops=loops, halted=halted, trace_ids=torch.stack(trace, 1))
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
         # No cache: every generated token re-reads the whole prompt (generation is one token: the answer).
@@ -788,7 +715,4 @@ RecursiveLatentConfig.register_for_auto_class()
 RecursiveLatentModel.register_for_auto_class("AutoModel")
 RecursiveLatentForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
-__all__ = [
-    "LaneAdaptersMixin", "LaneRouting", "RecursiveLatentForCausalLM", "RecursiveLatentModel",
-    "RecursiveLatentPreTrainedModel",
-]
+__all__ = ["HALTING_RULES", "RecursiveLatentForCausalLM", "RecursiveLatentModel", "RecursiveLatentPreTrainedModel"]

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_refiner import RecursiveRefinerConfig
-from .modeling_recursive import LaneAdaptersMixin, LaneRouting
+from .lanes import LaneAdaptersMixin, LaneRouting
 
 
 @dataclass

@@ -36,6 +36,8 @@ def make_config(backbone="gpt2", **kwargs):
     kwargs.setdefault("max_loops", 4)
     kwargs.setdefault("max_inference_loops", 6)
     kwargs.setdefault("pad_token_id", 0)
+    kwargs.setdefault("halt_token_id", 2)
+    kwargs.setdefault("base_lane", "pointer")
     return RecursiveLatentConfig(backbone_config=dict(BACKBONES[backbone]), **kwargs)
 
 
@@ -67,7 +69,7 @@ def save_pretrained_backbone(path, backbone="gpt2"):
     from dataset_scripts.words import TRAIN_VALUE_WORDS
 
     # Task prompts, plus half the value words often enough to become tokens; the other half mostly stay split.
-    text = [example["prompt"] for example in generate_examples(2000, hops=[1, 2, 3, 4, 5], seed=0)]
+    text = [example["question"] for example in generate_examples(2000, hops=[1, 2, 3, 4, 5], seed=0)]
     text += [" " + " ".join(TRAIN_VALUE_WORDS[::2])] * 50
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(text, vocab_size=900, special_tokens=["<|endoftext|>"], show_progress=False)

@@ -22,7 +22,7 @@ def test_collator_labels_only_the_path_and_halt():
     batch = path_text_collator(tokenizer)(examples)
     for row, example in enumerate(examples):
         labels = batch["labels"][row]
-        targets = tokenizer.convert_tokens_to_ids(list(example["path"]) + [HALT_TOKEN])
+        targets = tokenizer.convert_tokens_to_ids(list(example["trace"]) + [HALT_TOKEN])
         assert labels[labels != -100].tolist() == targets
         # Each label sits one position before its token: the model predicts it from what precedes.
         positions = (labels != -100).nonzero().squeeze(1)
@@ -45,7 +45,7 @@ def test_greedy_decoding_gives_the_same_trace_padded_or_alone(backbone):
     model = tiny_lm(backbone, tokenizer, halt)
     with torch.no_grad():
         model.lm_head.weight[halt] *= 30  # some rows halt within the limit
-    prompts = [e["prompt"] for e in generate_examples(4, hops=[1, 4], seed=2)]
+    prompts = [e["question"] for e in generate_examples(4, hops=[1, 4], seed=2)]
     inputs = tokenizer(prompts, padding=True, return_tensors="pt")
     together = generate_reason(model, inputs["input_ids"], inputs["attention_mask"], halt, tokenizer.pad_token_id, 6)
     for row, prompt in enumerate(prompts):
@@ -69,7 +69,7 @@ def test_short_token_recurrence_run_trains_saves_and_evaluates(tmp_path, backbon
     model = AutoModelForCausalLM.from_pretrained(out / "final").eval()
     assert model.config.model_type == backbone
     figures = evaluate_examples(model, build_tokenizer(), generate_examples(20, hops=2, seed=9))
-    assert figures["per_hop"][2]["n"] == 20 and 0 < figures["per_hop"][2]["mean_loops"] <= 72
+    assert figures["per_steps"][2]["n"] == 20 and 0 < figures["per_steps"][2]["mean_loops"] <= 72
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from ood_hops import training_record
 

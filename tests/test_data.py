@@ -23,6 +23,7 @@ from dataset_scripts.words import (
     VALUE_WORDS,
     VARIABLE_NAMES,
 )
+from recursive_latent.examples import last_word, normalize_example
 
 HOPS = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 64)
 STATEMENT = re.compile(r"([A-Z]+) = ([^.]+)\.")
@@ -103,15 +104,16 @@ def test_pointer_examples_match_reference_solver(variant, hops):
     rng = random.Random(hops)
     for _ in range(5):
         example = make_example(rng, hops, variant=variant)
-        path = solve_pointer(example["prompt"])
-        assert example["path"] == path
+        path = solve_pointer(example["question"])
+        assert example["trace"] == path
         assert example["answer"] == path[-1]
         assert example["hops"] == hops == len(path)
-        assert example["loop_targets"] == path + [HALT_TOKEN]
+        assert [last_word(step) for step in example["steps"]] == path  # the format's default rule gives the trace
+        assert normalize_example(example)["trace"] == path
         assert example["variant"] == variant and example["lane"] == "pointer"
         assert example["answer"] in TRAIN_VALUE_WORDS
 
-        statements, _ = parse_prompt(example["prompt"])
+        statements, _ = parse_prompt(example["question"])
         values = [rhs for _, rhs in statements if rhs in VALUE_WORDS]
         assert len(values) == len(set(values)), "value words must be distinct within a prompt"
         if variant == "chain":
@@ -124,11 +126,11 @@ def test_shuffled_distractor_options():
     rng = random.Random(0)
     for _ in range(20):
         example = make_example(rng, 3, num_distractors=2, distractor_hops=4)
-        statements, _ = parse_prompt(example["prompt"])
+        statements, _ = parse_prompt(example["question"])
         assert len(statements) == 3 + 2 * 4
-        assert solve_pointer(example["prompt"]) == example["path"]
+        assert solve_pointer(example["question"]) == example["trace"]
     example = make_example(rng, 3, num_distractors=0)
-    assert len(parse_prompt(example["prompt"])[0]) == 3
+    assert len(parse_prompt(example["question"])[0]) == 3
 
 
 @pytest.mark.parametrize("hops", HOPS)
@@ -136,10 +138,10 @@ def test_arith_examples_match_reference_solver(hops):
     rng = random.Random(hops)
     for _ in range(5):
         example = make_arith_example(rng, hops)
-        path = solve_arith(example["prompt"])
-        assert example["path"] == path and len(path) == hops == example["hops"]
+        path = solve_arith(example["question"])
+        assert example["trace"] == path and len(path) == hops == example["hops"]
         assert example["answer"] == path[-1]
-        assert example["loop_targets"] == path + [HALT_TOKEN]
+        assert normalize_example(example)["trace"] == path
         assert (example["variant"], example["lane"]) == ("chain", "arith")
 
 
@@ -147,10 +149,10 @@ def test_generate_examples():
     examples = generate_examples(200, hops=[2, 7], variant="chain", seed=1)
     assert len(examples) == 200
     assert {example["hops"] for example in examples} == {2, 7}
-    assert all(solve_pointer(example["prompt"]) == example["path"] for example in examples)
+    assert all(solve_pointer(example["question"]) == example["trace"] for example in examples)
 
     arith = generate_examples(50, hops=range(1, 4), seed=1, lane="arith")
-    assert all(solve_arith(example["prompt"]) == example["path"] for example in arith)
+    assert all(solve_arith(example["question"]) == example["trace"] for example in arith)
 
     heldout = generate_examples(50, hops=3, seed=1, values=HELDOUT_VALUE_WORDS)
     assert all(example["answer"] in HELDOUT_VALUE_WORDS for example in heldout)
@@ -209,11 +211,11 @@ def test_arith_examples_use_only_the_given_ops():
     ops_seen = set()
     for _ in range(50):
         example = make_arith_example(rng, 6, ops="-*")
-        assert solve_arith(example["prompt"]) == example["path"]
-        ops_seen |= set(re.findall(r" ([-+*]) \d\.", example["prompt"]))
+        assert solve_arith(example["question"]) == example["trace"]
+        ops_seen |= set(re.findall(r" ([-+*]) \d\.", example["question"]))
     assert ops_seen == {"-", "*"}
     only_plus = generate_examples(20, 4, seed=1, lane="arith", ops="+")
-    assert all(example["prompt"].count(" + ") == 3 for example in only_plus)
+    assert all(example["question"].count(" + ") == 3 for example in only_plus)
     for bad in ("", "/", "+/"):
         with pytest.raises(ValueError, match="ops must be a non-empty string of '\\+-\\*'"):
             make_arith_example(random.Random(0), 3, ops=bad)
@@ -254,8 +256,8 @@ def test_prompt_splitting(tokenizer):
 
 def test_round_trip_modulo_whitespace(tokenizer):
     rng = random.Random(0)
-    prompts = [make_example(rng, hops, variant)["prompt"] for hops in (1, 5, 64) for variant in ("chain", "shuffled")]
-    prompts += [make_arith_example(rng, hops)["prompt"] for hops in (1, 5, 64)]
+    prompts = [make_example(rng, hops, variant)["question"] for hops in (1, 5, 64) for variant in ("chain", "shuffled")]
+    prompts += [make_arith_example(rng, hops)["question"] for hops in (1, 5, 64)]
     for prompt in prompts:
         ids = tokenizer(prompt)["input_ids"]
         assert tokenizer.unk_token_id not in ids
@@ -272,7 +274,7 @@ def test_unknown_words_map_to_unk(tokenizer):
 def test_save_and_reload(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path)
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
-    prompt = make_example(random.Random(0), 4)["prompt"] + " <HALT> <eos> unknownword"
+    prompt = make_example(random.Random(0), 4)["question"] + " <HALT> <eos> unknownword"
     assert reloaded(prompt)["input_ids"] == tokenizer(prompt)["input_ids"]
     assert reloaded.get_vocab() == tokenizer.get_vocab()
     assert reloaded.padding_side == "left" and reloaded.model_max_length == 1024
@@ -287,7 +289,7 @@ def test_collator(tokenizer):
     examples = sorted(examples, key=lambda example: example["hops"])
     batch = LoopLabelCollator(tokenizer)(examples)
 
-    lengths = [len(tokenizer(example["prompt"])["input_ids"]) for example in examples]
+    lengths = [len(tokenizer(example["question"])["input_ids"]) for example in examples]
     assert batch["input_ids"].shape == batch["attention_mask"].shape == (4, max(lengths))
     for row, length in enumerate(lengths):
         padding = max(lengths) - length  # left padding: pads first, prompt flush right
@@ -297,12 +299,12 @@ def test_collator(tokenizer):
 
     loops = max(example["hops"] for example in examples) + 1
     assert batch["loop_labels"].shape == (4, loops) and batch["loop_labels"].dtype == torch.long
-    assert batch["hops"].tolist() == [example["hops"] for example in examples]
+    assert batch["num_steps"].tolist() == [example["hops"] for example in examples]
     halt_id = tokenizer.convert_tokens_to_ids(HALT_TOKEN)
     for row, example in enumerate(examples):
         labels = batch["loop_labels"][row].tolist()
         hops = example["hops"]
-        assert labels[:hops] == tokenizer.convert_tokens_to_ids(example["path"])
+        assert labels[:hops] == tokenizer.convert_tokens_to_ids(example["trace"])
         assert labels[hops] == halt_id
         assert labels[hops + 1 :] == [IGNORE_INDEX] * (loops - hops - 1)
 
@@ -345,8 +347,8 @@ def test_build_datasets_splits(small_datasets):
 
 
 def test_build_datasets_has_no_leakage(small_datasets):
-    train_prompts = set(small_datasets["train"]["prompt"])
-    evaluation = [small_datasets[split]["prompt"] for split in small_datasets if split != "train"]
+    train_prompts = set(small_datasets["train"]["question"])
+    evaluation = [small_datasets[split]["question"] for split in small_datasets if split != "train"]
     all_evaluation = [prompt for prompts in evaluation for prompt in prompts]
     assert not train_prompts & set(all_evaluation)
     assert len(set(all_evaluation)) == len(all_evaluation)
@@ -358,14 +360,14 @@ def test_build_datasets_drops_duplicates():
         seed=0, train_size=20_000, val_size=2000, test_size=2000, hops_train=(1,), ood_hops=(), variant="chain"
     )
     assert dataset["validation"].num_rows < 2000 and dataset["test"].num_rows < 2000
-    train_prompts = set(dataset["train"]["prompt"])
-    assert not train_prompts & set(dataset["validation"]["prompt"])
-    assert not train_prompts & set(dataset["test"]["prompt"])
-    assert not set(dataset["validation"]["prompt"]) & set(dataset["test"]["prompt"])
+    train_prompts = set(dataset["train"]["question"])
+    assert not train_prompts & set(dataset["validation"]["question"])
+    assert not train_prompts & set(dataset["test"]["question"])
+    assert not set(dataset["validation"]["question"]) & set(dataset["test"]["question"])
 
 
 def test_heldout_values_never_train_answers(small_datasets):
-    train_words = {word for prompt in small_datasets["train"]["prompt"] for word in re.findall(r"[a-z]+", prompt)}
+    train_words = {word for prompt in small_datasets["train"]["question"] for word in re.findall(r"[a-z]+", prompt)}
     assert not train_words & set(HELDOUT_VALUE_WORDS)
 
 
@@ -373,9 +375,9 @@ def test_build_datasets_is_deterministic(small_datasets):
     again = build_datasets(seed=0, ood_hops=(6, 64), variant="chain", **SMALL)
     other = build_datasets(seed=1, ood_hops=(6, 64), variant="chain", **SMALL)
     for split in small_datasets:
-        assert list(again[split]["prompt"]) == list(small_datasets[split]["prompt"])
-    assert list(other["train"]["prompt"]) != list(small_datasets["train"]["prompt"])
-    assert small_datasets["validation"]["prompt"][:50] != small_datasets["test"]["prompt"][:50]
+        assert list(again[split]["question"]) == list(small_datasets[split]["question"])
+    assert list(other["train"]["question"]) != list(small_datasets["train"]["question"])
+    assert small_datasets["validation"]["question"][:50] != small_datasets["test"]["question"][:50]
 
 
 def test_cli_writes_dataset_and_tokenizer(tmp_path, capsys):
@@ -384,7 +386,7 @@ def test_cli_writes_dataset_and_tokenizer(tmp_path, capsys):
     dataset = load_from_disk(str(tmp_path))
     assert dataset["train"].num_rows == 100 and "ood_hops_64" in dataset
     reloaded = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
-    assert reloaded(dataset["train"]["prompt"][0])["input_ids"][-1] == reloaded.convert_tokens_to_ids(":")
+    assert reloaded(dataset["train"]["question"][0])["input_ids"][-1] == reloaded.convert_tokens_to_ids(":")
 
 
 # --- pretrained tokenizers: only one-token words are supervised -------------------------------
@@ -413,12 +415,12 @@ def test_a_pretrained_tokenizer_supervises_only_its_one_token_words(pretrained_g
     examples = generate_examples(40, hops=[1, 5], seed=1, **words)
     batch = LoopLabelCollator(tokenizer)(examples)
     for row, example in enumerate(examples):
-        prompt_ids = tokenizer(example["prompt"])["input_ids"]
+        prompt_ids = tokenizer(example["question"])["input_ids"]
         labels = [label for label in batch["loop_labels"][row].tolist() if label != IGNORE_INDEX]
         # Every supervised word is the very token the prompt holds it as; the last target is <HALT>.
         assert set(labels[:-1]) <= set(prompt_ids) and labels[-1] == tokenizer.convert_tokens_to_ids(HALT_TOKEN)
         assert batch["answer_ids"][row].item() == labels[-2]
 
     split_name = next(name for name in VARIABLE_NAMES if name not in words["names"])
-    with pytest.raises(ValueError, match=f"targets \\['{split_name}'\\] are not single tokens"):
-        LoopLabelCollator(tokenizer)([{**examples[0], "loop_targets": [split_name, HALT_TOKEN]}])
+    with pytest.raises(ValueError, match=f"loop target '{split_name}' is not one token"):
+        LoopLabelCollator(tokenizer)([{**examples[0], "trace": [split_name]}])

@@ -37,7 +37,7 @@ class ScriptedModel:
 def test_rates_tell_a_halt_inside_the_chain_from_a_wrong_step():
     tokenizer = build_tokenizer()
     examples = generate_examples(4, hops=3, seed=0)
-    paths = [example["path"] for example in examples]
+    paths = [example["trace"] for example in examples]
     other = next(word for word in TRAIN_VALUE_WORDS if word not in paths[2])
     traces = [
         paths[0] + [HALT_TOKEN],  # right, halts at hops + 1
@@ -45,7 +45,7 @@ def test_rates_tell_a_halt_inside_the_chain_from_a_wrong_step():
         [paths[2][0], other, HALT_TOKEN],  # steps to a wrong word, then halts early too
         paths[3][:2] + [paths[3][2], paths[3][2], HALT_TOKEN],  # right trace, halts one loop late
     ]
-    row = evaluate_examples(ScriptedModel(tokenizer, traces), tokenizer, examples)["per_hop"][3]
+    row = evaluate_examples(ScriptedModel(tokenizer, traces), tokenizer, examples)["per_steps"][3]
     assert row["answer_exact_match"] == pytest.approx(2 / 4)
     assert row["trace_exact_match"] == pytest.approx(2 / 4)
     assert row["halt_rate"] == pytest.approx(1 / 4)

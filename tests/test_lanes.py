@@ -138,7 +138,7 @@ def test_mix_arith_puts_arith_rows_in_a_pointer_models_training_stream(tmp_path)
     rows = [mixed[i] for i in range(400)]
     arith = [row for row in rows if row["lane"] == "arith"]
     assert 150 < len(arith) < 250  # binomial(400, 0.5): outside this range has probability < 1e-4
-    assert all(" - " not in row["prompt"] and " * " not in row["prompt"] for row in arith)
+    assert all(" - " not in row["question"] and " * " not in row["question"] for row in arith)
     assert all(row["variant"] == "shuffled" for row in rows if row["lane"] == "pointer")
     # Without --mix_arith the stream is what it was: no extra random draw, so earlier runs keep their data.
     plain = HopChainStream(DataArguments(), words, size=50, seed=0, max_hops=4)
@@ -161,7 +161,8 @@ def test_benchmark_runs_a_lane_on_the_shared_weights_alone_when_asked(tmp_path):
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
     config = RecursiveLatentConfig(backbone_config=dict(TINY_GPT2, vocab_size=len(tokenizer)), max_loops=4,
-                                   max_inference_loops=6, pad_token_id=tokenizer.pad_token_id)
+                                   max_inference_loops=6, pad_token_id=tokenizer.pad_token_id,
+                                   halt_token_id=tokenizer.convert_tokens_to_ids("<HALT>"), base_lane="pointer")
     model = RecursiveLatentForCausalLM(config)
     with torch.no_grad():  # some rows halt early, so the loop counts tell the runs apart
         model.get_output_embeddings().weight[tokenizer.convert_tokens_to_ids("<HALT>")] *= 30

@@ -96,7 +96,7 @@ def test_reason_stops_at_the_limit_without_halting(batch):
     out = model.reason(input_ids, attention_mask, max_loops=9)
     assert out.loops.tolist() == [9, 9, 9] and not out.halted.any()
     assert out.answer_ids.tolist() == out.trace_ids[:, -1].tolist()
-    with pytest.raises(ValueError, match=r"`max_loops` must be >= 1 \(got 0\)"):
+    with pytest.raises(ValueError, match=r"`max_loops` must be a positive integer \(got 0\)"):
         model.reason(input_ids, attention_mask, max_loops=0)
 
 
@@ -212,7 +212,7 @@ def test_plain_transformers_backbone_loads_from_a_local_dir(backbone, tmp_path, 
     torch.manual_seed(0)
     plain = GPT2Model(GPT2Config(**spec)) if backbone == "gpt2" else Mamba2Model(Mamba2Config(**spec))
     plain.save_pretrained(tmp_path)
-    model = RecursiveLatentForCausalLM.from_backbone(str(tmp_path), max_loops=4, pad_token_id=0)
+    model = RecursiveLatentForCausalLM.from_backbone(str(tmp_path), max_loops=4, pad_token_id=0, halt_token_id=2)
     assert model.config.backbone_name_or_path == str(tmp_path)
     for name, tensor in plain.state_dict().items():
         torch.testing.assert_close(model.model.backbone.state_dict()[name], tensor)

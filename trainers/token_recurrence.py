@@ -20,19 +20,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rlf import (  # noqa: E402  (trainers/ is a folder of scripts)
-    CurriculumCallback, HopChainStream, RLFTrainer, backbone_config, check_output_dir, command_line, parse_arguments,
-    validation_examples, write_train_results,
+    CurriculumCallback, RLFTrainer, backbone_config, command_line, parse_arguments, write_train_results,
 )
 
+from dataset_scripts.sources import HopChainStream, generated_validation  # noqa: E402
 from dataset_scripts.tokenizer import HALT_TOKEN, build_tokenizer, task_words  # noqa: E402
 
 
 def path_text_collator(tokenizer):
-    """`prompt path... <HALT>` with labels on the path and `<HALT>` only; positions count real tokens."""
+    """`question trace... <HALT>` with labels on the trace and `<HALT>` only; positions count real tokens."""
 
     def collate(examples):
-        prompts = tokenizer([e["prompt"] for e in examples])["input_ids"]
-        targets = [tokenizer.convert_tokens_to_ids(list(e["path"]) + [HALT_TOKEN]) for e in examples]
+        prompts = tokenizer([e["question"] for e in examples])["input_ids"]
+        targets = [tokenizer.convert_tokens_to_ids(list(e["trace"]) + [HALT_TOKEN]) for e in examples]
         width = max(len(p) + len(t) for p, t in zip(prompts, targets))
         input_ids = torch.full((len(examples), width), tokenizer.pad_token_id)
         labels = torch.full((len(examples), width), -100)
@@ -67,8 +67,10 @@ class TokenRecurrenceTrainer(RLFTrainer):
 
 
 def main(argv=None):
-    model_args, data_args, recursion_args, training_args, config_path = parse_arguments(argv)
-    check_output_dir(training_args)
+    args = parse_arguments(argv)
+    model_args, data_args, recursion_args, training_args = args.model, args.data, args.recursion, args.training
+    if data_args.from_files:
+        raise SystemExit("error: the token-recurrence baseline trains on the hop-chain generator only")
     if recursion_args.core_optimizer == "muon":  # default.yaml's choice; Muon steps a looped core, which a plain LM lacks
         print("[optimizer] the token-recurrence baseline has no looped core: AdamW on every weight")
         recursion_args.core_optimizer = "adamw"
@@ -87,18 +89,17 @@ def main(argv=None):
     curriculum = CurriculumCallback(train_data, recursion_args, data_args.max_hops) if recursion_args.curriculum else None
     print(f"[model] {model.config.model_type} LM, {sum(p.numel() for p in model.parameters()):,} parameters, all trained")
     trainer = TokenRecurrenceTrainer(
-        model=model, args=training_args, train_dataset=train_data, eval_dataset=validation_examples(data_args, words),
+        model=model, args=training_args, train_dataset=train_data, eval_dataset=generated_validation(data_args, words),
         processing_class=tokenizer, data_collator=path_text_collator(tokenizer),
-        callbacks=[curriculum] if curriculum else [], recursion_args=recursion_args, data_args=data_args,
-        curriculum=curriculum,
+        callbacks=[curriculum] if curriculum else [], recursion_args=recursion_args, curriculum=curriculum,
     )
     train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     final = os.path.join(training_args.output_dir, "final")
     if trainer.is_world_process_zero():
         model.save_pretrained(final)
         tokenizer.save_pretrained(final)
-        run_config = {"command": command_line("token_recurrence.py", argv), "model": vars(model_args),
-                      "data": vars(data_args), "recursion": vars(recursion_args), "config_file": config_path,
+        run_config = {"command": command_line("token_recurrence.py", args.argv), "model": vars(model_args),
+                      "data": vars(data_args), "recursion": vars(recursion_args), "config_file": args.config_path,
                       "seed": training_args.seed, "baseline": "token_recurrence"}
         Path(final, "training_config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
         write_train_results(final, train_output, train_data)

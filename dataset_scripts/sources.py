@@ -1,0 +1,97 @@
+"""Where a training run's examples come from: the built-in hop-chain generator or a user's file, both in the
+package's one example format (:mod:`recursive_latent.examples`), behind the same curriculum knob (`max_hops`: the
+longest chain, in steps, a training example may have)."""
+
+import random
+
+import torch
+
+from dataset_scripts.collator import tokenize
+from dataset_scripts.hop_chains import LANES, generate_examples, make_arith_example, make_example
+
+
+def example_kwargs(data_args, words, lane=None):
+    """Options for `make_example` / `generate_examples` in `lane` (default: the run's): the `shuffled` variant's
+    distractor settings and the tokenizer's name and value pools (`words`, from `task_words`), or the arith ops."""
+    if (lane or data_args.lane) == "arith":
+        return {"names": words["names"], "ops": data_args.arith_ops}
+    return dict(
+        num_distractors=(data_args.min_distractors, data_args.max_distractors),
+        distractor_hops=(data_args.min_distractor_hops, data_args.max_distractor_hops),
+        **words,
+    )
+
+
+class HopChainStream(torch.utils.data.Dataset):
+    """Fresh training examples made on the fly: example `i` depends only on (seed, i, current max hops), so a
+    resumed run sees the same data in the same order. `max_hops` is raised by the curriculum."""
+
+    def __init__(self, data_args, words, size, seed, max_hops, fixed_hops=None, extra_loops=0):
+        self.data_args, self.size, self.seed, self.max_hops, self.fixed_hops = data_args, size, seed, max_hops, fixed_hops
+        self.options = {lane: example_kwargs(data_args, words, lane) for lane in LANES}
+        self.extra_loops = extra_loops
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, index):
+        args = self.data_args
+        rng = random.Random(self.seed * 1_000_003 + index)
+        hops = self.fixed_hops or rng.randint(args.min_hops, self.max_hops)
+        # The draw for --mix_arith happens only when it is on, so runs without it keep their data.
+        if args.lane == "arith" or (args.mix_arith and rng.random() < args.mix_arith):
+            example = make_arith_example(rng, hops, **self.options["arith"])
+        else:
+            example = make_example(rng, hops, variant=args.variant, **self.options["pointer"])
+        if self.extra_loops:
+            example["extra_loops"] = rng.randint(0, self.extra_loops)
+        return example
+
+
+class ExampleStream(torch.utils.data.Dataset):
+    """A fixed set of examples (a user's file) for the Trainer's sampler, which shuffles it anew every epoch.
+
+    With a curriculum (`max_hops` set), index `i` is mapped onto the examples of at most `max_hops` steps
+    (`i` modulo their count), so the sampler's shuffled indices draw uniformly among them; without one it is the
+    examples as they are."""
+
+    def __init__(self, examples, max_hops=None):
+        self.examples, self.max_hops = examples, max_hops
+        self._pool = (None, examples)
+
+    def __len__(self):
+        return len(self.examples)
+
+    def pool(self):
+        """The examples the current curriculum stage allows (computed once per stage)."""
+        if self._pool[0] != self.max_hops:
+            allowed = [example for example in self.examples if len(example["trace"]) <= self.max_hops]
+            self._pool = (self.max_hops, allowed or self.examples)
+        return self._pool[1]
+
+    def __getitem__(self, index):
+        if self.max_hops is None:
+            return self.examples[index]
+        pool = self.pool()
+        return pool[index % len(pool)]
+
+
+def generated_validation(data_args, words):
+    """Fresh prompts per eval hop count. Their seeds (10,000 + hops) differ from every training stream's seed;
+    the benchmarks use other seeds again."""
+    examples = []
+    for hops in data_args.eval_hops:
+        examples += generate_examples(data_args.eval_size, hops, variant=data_args.variant, seed=10_000 + hops,
+                                      lane=data_args.lane, **example_kwargs(data_args, words))
+    return examples
+
+
+def lm_collator(tokenizer):
+    """Stage 1 batches: the question followed by its answer word, as next-token LM text."""
+
+    def collate(examples):
+        batch = tokenize(tokenizer, [f"{e['question']} {e['trace'][-1]}" for e in examples])
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        return batch
+
+    return collate
