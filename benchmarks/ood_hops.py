@@ -62,30 +62,38 @@ def run(model_dir, variant, hops_list, n, batch_size, seed, lane="pointer", arit
 
 
 def plot_ood_hops(json_path, png_path=None):
-    """Answer and trace exact match vs hops, with 95% intervals and the training range shaded."""
+    """Answer and trace exact match vs hops (or steps, for `evaluate_file.json`), with 95% intervals and the training
+    range shaded; drawn from the JSON alone."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     results = json.loads(Path(json_path).read_text())
-    hops = [int(h) for h in results["per_hop"]]
+    group = "hops" if "per_hop" in results else "steps"
+    rows = results["per_hop"] if group == "hops" else results["per_steps"]
+    sizes = [int(size) for size in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in (("answer_exact_match", "answer"), ("trace_exact_match", "trace"), ("halt_rate", "halt at h+1")):
-        values = [100 * results["per_hop"][str(h)][key] for h in hops]
-        lows = [100 * results["per_hop"][str(h)][f"{key}_ci95"][0] for h in hops]
-        highs = [100 * results["per_hop"][str(h)][f"{key}_ci95"][1] for h in hops]
-        ax.plot(hops, values, marker="o", label=label)
-        ax.fill_between(hops, lows, highs, alpha=0.2)
+    for key, label in (("answer_exact_match", "answer"), ("trace_exact_match", "trace"),
+                       ("halt_rate", f"halt at {group}+1")):
+        values = [100 * rows[str(size)][key] for size in sizes]
+        lows = [100 * rows[str(size)][f"{key}_ci95"][0] for size in sizes]
+        highs = [100 * rows[str(size)][f"{key}_ci95"][1] for size in sizes]
+        ax.plot(sizes, values, marker="o", label=label)
+        ax.fill_between(sizes, lows, highs, alpha=0.2)
     if results.get("trained_hops") and None not in results["trained_hops"]:
         low, high = results["trained_hops"]
-        ax.axvspan(low - 0.5, high + 0.5, color="grey", alpha=0.15, label="trained hops")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(hops, [str(h) for h in hops])
-    ax.set_xlabel("hops")
+        ax.axvspan(low - 0.5, high + 0.5, color="grey", alpha=0.15, label=f"trained {group}")
+    if group == "hops":
+        ax.set_xscale("log", base=2)
+        title = f"{results['variant']} prompts, n={results['n']} per hop, seed {results['seed']}"
+    else:
+        title = f"{Path(results['data']).name}, n={results['n']} examples"
+    ax.set_xticks(sizes, [str(size) for size in sizes])
+    ax.set_xlabel(group)
     ax.set_ylabel("exact match (%)")
     ax.set_ylim(0, 101)
-    ax.set_title(f"{results['variant']} prompts, n={results['n']} per hop, seed {results['seed']}")
+    ax.set_title(title)
     ax.legend(loc="lower left")
     fig.tight_layout()
     png_path = png_path or Path(json_path).with_suffix(".png")

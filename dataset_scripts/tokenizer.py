@@ -3,8 +3,9 @@
 Every word, digit and punctuation mark is exactly one token, so a prompt such as
 ``A = dog. B = A. What is B?\\nAnswer:`` becomes ``A = dog . B = A . What is B ? Answer :``.
 Loop targets (one word each, and ``<HALT>``) are therefore single token ids, which is
-what the loop supervision needs. Decoding joins tokens with spaces, so
-``decode(encode(prompt))`` equals the prompt up to whitespace.
+what the loop supervision needs. Each token decodes with a space before it, so
+``decode(encode(prompt))`` equals the prompt up to whitespace, and an answer
+generated after a prompt reads ``Answer: dog``.
 
 The vocabulary is the hop-chain word pools by default (:func:`build_vocab`), or the
 words of a training set (:func:`vocabulary_from_examples`) for a user's own data;
@@ -16,7 +17,7 @@ is not); :func:`task_words` finds the hop chains' words that are, and the data i
 from them alone.
 """
 
-from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from dataset_scripts.words import TRAIN_VALUE_WORDS, VALUE_WORDS, VARIABLE_NAMES
@@ -72,6 +73,9 @@ def build_tokenizer(words=None) -> PreTrainedTokenizerFast:
     ``save_pretrained``."""
     tokenizer = Tokenizer(models.WordLevel(vocab=build_vocab(words), unk_token=UNK_TOKEN))
     tokenizer.pre_tokenizer = pre_tokenizer()
+    # Every token decodes with a space before it, as GPT-2's ` dog` does: text generated after a prompt then reads
+    # "Answer: dog" (pipelines append the decoded new tokens to the prompt as it stands).
+    tokenizer.decoder = decoders.Replace(Regex("^"), " ")
     # Added tokens are matched before pre-tokenization, which keeps "<HALT>" whole
     # instead of splitting off "<" and ">". Unlike the special tokens, "<HALT>"
     # is an ordinary token: it survives ``decode(..., skip_special_tokens=True)``.

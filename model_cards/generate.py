@@ -111,15 +111,16 @@ def limits(results):
     return f"Answer exact match falls below 99% at {', '.join(map(str, weak))} {group}."
 
 
-def build_model_card(checkpoint_dir, results_path=None, repo_id=None):
-    """The card of a checkpoint, built from its files; `repo_id` names the Hub repo in the loading snippet."""
+def build_model_card(checkpoint_dir, results_path=None, repo_id=None, location=None):
+    """The card of a checkpoint, built from its files; the loading snippet names `repo_id` (a Hub repo), else
+    `location` (where the checkpoint will be read from, if it is being written elsewhere), else the directory."""
     checkpoint_dir = Path(checkpoint_dir)
     config = json.loads((checkpoint_dir / "config.json").read_text())
     config_file = checkpoint_dir / "training_config.yaml"
     training = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
     trained_hops = training_record(checkpoint_dir)["trained_hops"] or ["?", "?"]
     results = find_results(checkpoint_dir, results_path)
-    name = repo_id or checkpoint_dir.resolve().name
+    name = repo_id or Path(location or checkpoint_dir).resolve().name
     source = training.get("data_source") or {}
     on_files = source.get("source") in ("file", "dataset")
     card_data = ModelCardData(
@@ -127,7 +128,7 @@ def build_model_card(checkpoint_dir, results_path=None, repo_id=None):
         model_name=name, eval_results=eval_results(results) if results else None,
     )
     card = ModelCard.from_template(
-        card_data, template_path=str(TEMPLATE), model_name=name, repo_or_path=repo_id or str(checkpoint_dir),
+        card_data, template_path=str(TEMPLATE), model_name=name, repo_or_path=repo_id or str(location or checkpoint_dir),
         backbone_type=config["backbone_config"]["model_type"], backbone_mode=config["backbone_mode"],
         core_design=config["core_design"], core_block=config["core_block"], training_data=data_description(training),
         train_range=f"{'-'.join(map(str, trained_hops))} {'steps' if on_files else 'hops'}",
@@ -140,8 +141,8 @@ def build_model_card(checkpoint_dir, results_path=None, repo_id=None):
     return card
 
 
-def write_model_card(checkpoint_dir, results_path=None, repo_id=None):
-    card = build_model_card(checkpoint_dir, results_path, repo_id)
+def write_model_card(checkpoint_dir, results_path=None, repo_id=None, location=None):
+    card = build_model_card(checkpoint_dir, results_path, repo_id, location)
     card.save(Path(checkpoint_dir) / "README.md")
     return card
 

@@ -130,12 +130,20 @@ def read_json_file(path):
     with open(path, encoding="utf-8") as f:
         if not f.read(4096).strip():
             raise ExampleError(f"{path}: the file is empty")
+    # Quiet while loading: a bad file's error log and progress bar would surround our one-line message.
+    verbosity, bars = datasets.logging.get_verbosity(), datasets.is_progress_bar_enabled()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL + 1)
+    datasets.disable_progress_bars()
     try:
         return datasets.load_dataset("json", data_files=path, split="train")
     except datasets.exceptions.DatasetGenerationError:
         raise ExampleError(f"{path}: not a JSON list of example objects nor JSONL (one object per line)") from None
     except ValueError:  # a JSON list with no object in it
         raise ExampleError(f"{path}: the file holds no examples") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def load_examples(source, split="train"):

@@ -48,8 +48,8 @@ class LaneAdaptersMixin:
         lanes = [self.config.base_lane if lane is None else lane for lane in lanes]  # None: the base lane
         if len(lanes) != batch_size:
             raise ValueError(f"`lanes` has {len(lanes)} entries for a batch of {batch_size}.")
-        # A model whose base lane has no name runs every lane without an adapter of its own on the shared weights.
-        unknown = sorted(set(lanes) - set(self.lanes)) if self.config.base_lane is not None else []
+        # A base lane without a name (None) takes every lane that has no adapter of its own: the shared weights.
+        unknown = [] if None in self.lanes else sorted(set(lanes) - set(self.lanes))
         if unknown:
             raise ValueError(f"Unknown lane(s) {unknown}: this model has lanes {self.lanes}.")
         if not self.config.lane_adapters:

@@ -98,7 +98,7 @@ def test_auto_classes_load_remote_code_in_a_fresh_process(tmp_path, design):
     expected_answer = model.reason(**single).answer_ids[0].item()
     assert got["generated_last"] == expected_answer
     word = tokenizer.convert_ids_to_tokens(expected_answer)
-    assert got["pipeline_text"] == PROMPTS[0] + word
+    assert got["pipeline_text"] == PROMPTS[0] + " " + word  # "Answer: dog", not "Answer:dog"
 
 
 def test_corrupted_or_incomplete_checkpoints_fail_clearly(tmp_path):

@@ -1,0 +1,200 @@
+"""Training state on disk: checkpoints written atomically (whole or absent, wherever a run is killed), the newest
+complete one found for a resume, and the state of ours that each checkpoint carries with the Trainer's (the hop
+curriculum, the EMA of the weights)."""
+
+import json
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
+
+CURRICULUM_FILE = "curriculum.json"
+EMA_FILE = "ema.safetensors"
+STAGING_DIR = ".staging"  # checkpoints are written here, then renamed into place
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Atomic checkpoints and resuming from the newest complete one
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def checkpoint_step(path):
+    match = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def missing_files(checkpoint, needs):
+    """What a resume would read but `checkpoint` lacks (or holds unreadable), as short reasons."""
+    reasons = [f"no {name}" for name in needs if not (Path(checkpoint) / name).is_file()]
+    state = Path(checkpoint) / "trainer_state.json"
+    if state.is_file():
+        try:
+            json.loads(state.read_text())
+        except ValueError:
+            reasons.append("trainer_state.json is not valid JSON")
+    return reasons
+
+
+def resume_needs(run):
+    """The files a resume of this run reads from a checkpoint."""
+    needs = ["config.json", "model.safetensors", "trainer_state.json", "optimizer.pt", "scheduler.pt"]
+    needs.append("rng_state.pth" if run.training.world_size == 1 else f"rng_state_{run.training.process_index}.pth")
+    if run.recursion.curriculum:
+        needs.append(CURRICULUM_FILE)
+    if run.recursion.ema_decay:
+        needs.append(EMA_FILE)
+    return needs
+
+
+def resolve_resume(run):
+    """The checkpoint to resume from: a path as given (it must be complete), or for `latest` the newest complete
+    `checkpoint-N`, saying which ones it skipped and why; None (train from scratch, said) when there is none."""
+    resume = run.training.resume_from_checkpoint
+    if not resume:
+        return None
+    needs = resume_needs(run)
+    if resume not in ("last", "latest", "True", "true"):
+        if not os.path.isfile(os.path.join(resume, "config.json")):
+            raise SystemExit(f"error: --resume_from_checkpoint {resume} is not a checkpoint directory")
+        reasons = missing_files(resume, needs)
+        if reasons:
+            raise SystemExit(f"error: --resume_from_checkpoint {resume} is incomplete ({', '.join(reasons)})")
+        return resume
+    out = Path(run.training.output_dir)
+    found = sorted((p for p in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if checkpoint_step(p) is not None),
+                   key=checkpoint_step, reverse=True) if out.is_dir() else []
+    for checkpoint in found:
+        reasons = missing_files(checkpoint, needs)
+        if not reasons:
+            print(f"[resume] from {checkpoint}")
+            return str(checkpoint)
+        print(f"[resume] skipping {checkpoint}: {', '.join(reasons)}")
+    print(f"[resume] no complete checkpoint in {out}: training from scratch")
+    return None
+
+
+def commit_directory(staged, target):
+    """Move a fully written folder into place: after this, `target` is the new folder, whole. A kill before the
+    rename leaves the old `target` (or none); the rename itself is atomic on one filesystem."""
+    target = Path(target)
+    if target.exists():
+        # A re-save of the same step (a resumed run): move the old one aside first, then drop it.
+        trash = Path(staged).parent / f"old-{target.name}"
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(target, trash)
+        os.replace(staged, target)
+        shutil.rmtree(trash)
+    else:
+        os.replace(staged, target)
+    descriptor = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def drop_old_checkpoints(output_dir, limit, keep=None):
+    """`save_total_limit`: remove the oldest checkpoints, each renamed into the staging folder first so that a kill
+    mid-removal never leaves a half-deleted `checkpoint-N` behind."""
+    if not limit:
+        return
+    checkpoints = sort_checkpoints(output_dir)  # oldest first, by step
+    doomed = [c for c in checkpoints[: max(len(checkpoints) - limit, 0)] if c != keep]
+    for checkpoint in doomed:
+        trash = Path(output_dir, STAGING_DIR, f"old-{Path(checkpoint).name}")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(checkpoint, trash)
+        shutil.rmtree(trash)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# State saved inside every checkpoint: the curriculum and the EMA
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def write_train_results(final_dir, train_output, train_data):
+    """`train_results.json`, read by the benchmarks: the Trainer's metrics and the hops the curriculum reached, which
+    may fall short of --max_hops (the trained range)."""
+    metrics = dict(train_output.metrics)
+    if train_data.max_hops is not None:  # a file trained without the curriculum has no such limit
+        metrics["trained_max_hops"] = train_data.max_hops
+    Path(final_dir, "train_results.json").write_text(json.dumps(metrics, indent=2))
+
+
+class CurriculumCallback(TrainerCallback):
+    """Raises the training max hops (steps) by one when the sequence accuracy of recent batches (summed over ranks)
+    passes the threshold. Its state is saved inside every checkpoint, so a resumed run continues the same stage."""
+
+    def __init__(self, dataset, recursion_args, final_hops):
+        self.dataset, self.args, self.final_hops = dataset, recursion_args, final_hops
+        self.correct, self.count = 0, 0
+
+    def record(self, correct, count):
+        self.correct += correct
+        self.count += count
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.args.curriculum_window or self.dataset.max_hops >= self.final_hops:
+            return
+        totals = torch.tensor([self.correct, self.count], dtype=torch.float64)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            totals = totals.to(args.device)
+            torch.distributed.all_reduce(totals)
+        accuracy = (totals[0] / totals[1].clamp(min=1)).item()
+        self.correct, self.count = 0, 0
+        if accuracy >= self.args.curriculum_threshold:
+            self.dataset.max_hops += 1
+            if state.is_world_process_zero:
+                print(f"[curriculum] step {state.global_step}: sequence accuracy {accuracy:.3f} -> max hops "
+                      f"{self.dataset.max_hops}")
+
+    def save(self, checkpoint_dir):
+        state = {"max_hops": self.dataset.max_hops, "correct": self.correct, "count": self.count}
+        Path(checkpoint_dir, CURRICULUM_FILE).write_text(json.dumps(state))
+
+    def restore(self, checkpoint_dir):
+        state = json.loads(Path(checkpoint_dir, CURRICULUM_FILE).read_text())
+        self.dataset.max_hops, self.correct, self.count = state["max_hops"], state["correct"], state["count"]
+
+
+class WeightEMA(TrainerCallback):
+    """Exponential moving average of the trainable weights, updated after every optimizer step. Evaluation and
+    the final checkpoint use the average; `checkpoint-*` keep the raw weights (to resume) plus `ema.safetensors`."""
+
+    def __init__(self, model, decay):
+        self.decay = decay
+        self.params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        self.shadow = {name: p.detach().clone() for name, p in self.params.items()}
+
+    @torch.no_grad()
+    def on_step_end(self, args, state, control, **kwargs):
+        for name, p in self.params.items():
+            self.shadow[name].lerp_(p, 1 - self.decay)
+
+    @contextmanager
+    def applied(self):
+        """Swap the averaged weights in for the duration of the block."""
+        raw = {name: p.detach().clone() for name, p in self.params.items()}
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(self.shadow[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in self.params.items():
+                    p.copy_(raw[name])
+
+    def save(self, checkpoint_dir):
+        save_file({name: t.detach().cpu().contiguous() for name, t in self.shadow.items()},
+                  Path(checkpoint_dir, EMA_FILE))
+
+    def restore(self, checkpoint_dir):
+        for name, tensor in load_file(Path(checkpoint_dir, EMA_FILE)).items():
+            self.shadow[name].copy_(tensor)
