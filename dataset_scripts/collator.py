@@ -23,7 +23,8 @@ class LoopLabelCollator:
     Examples are in the package's format (:mod:`recursive_latent.examples`, `trace` filled in). Returns
     ``input_ids`` and ``attention_mask`` (left padded by the tokenizer), ``loop_labels`` of shape ``[batch, loops]``
     holding the token id of each loop's target (the trace, then ``<HALT>``; an example's optional ``extra_loops``
-    adds that many more ``<HALT>`` loops) and ``IGNORE_INDEX`` after it, ``answer_ids`` and ``num_steps`` of shape
+    adds that many more ``<HALT>`` loops) and ``IGNORE_INDEX`` after it, or ``[batch, loops, set size]`` when a
+    trace has a set of words as a target (``IGNORE_INDEX`` pads each set), ``answer_ids`` and ``num_steps`` of shape
     ``[batch]``, and ``lanes``, each example's task lane (None: the model's base lane).
 
     Args:
@@ -56,9 +57,16 @@ class LoopLabelCollator:
         if longest > num_loops:
             raise ValueError(f"max_loops={self.max_loops} is too small: the batch needs {longest} loops")
 
-        loop_labels = torch.full((len(examples), num_loops), IGNORE_INDEX, dtype=torch.long)
+        set_size = max((len(ids) for target in targets for ids in target if isinstance(ids, list)), default=0)
+        shape = (len(examples), num_loops) + ((set_size,) if set_size else ())
+        loop_labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
         for row, target in enumerate(targets):
-            loop_labels[row, : len(target)] = torch.tensor(target, dtype=torch.long)
+            for loop, ids in enumerate(target):
+                if set_size:
+                    ids = ids if isinstance(ids, list) else [ids]
+                    loop_labels[row, loop, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+                else:
+                    loop_labels[row, loop] = ids
         return self.finish(batch, loop_labels, answers, examples)
 
     @staticmethod

@@ -321,6 +321,59 @@ def generate_prosqa(n: int, seed: int = 0, **options) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Loop supervision: a ProsQA example in the package's format, and a curriculum over graph size
+# ---------------------------------------------------------------------------------------------------------
+
+SUPERVISIONS = ("path", "frontier")
+# Words of every ProsQA question and answer: the word-level tokenizer's vocabulary for this task.
+VOCABULARY = ("Every", "is", "a", ".", "Is", "or", "?") + PERSONS + CONCEPTS
+# Curriculum stages (the trainer's `max_hops` is the stage): (nodes grown, shortest path lengths). Small graphs with
+# short paths first, as the hop task needed its hop curriculum; the last stage is the published distribution.
+CURRICULUM = (
+    ((4, 6), (1, 1)), ((4, 6), (1, 2)), ((5, 9), (1, 3)), ((8, 12), (2, 4)), ((11, 16), (2, 5)), ((14, 20), (3, 6)),
+    (NUM_NODES, PATH_LENGTHS),
+)
+
+
+def to_example(example: dict, supervision: str = "frontier") -> dict:
+    """A ProsQA example (published schema) in the package's format: the question and answer as they stand, and a
+    trace of sets (`recursive_latent.examples`):
+
+    - ``"path"``: one loop per step of the shortest path; loop k's target is every concept at step k of some shortest
+      root -> target path (any of them will do: ``loop_set_loss="any"``), the last the target;
+    - ``"frontier"``: loop k holds every concept at distance k from the root, the breadth-first frontier, up to the
+      target's distance d (the whole set: ``loop_set_loss="all"``); loop d + 1 names the target, the reached option.
+      Its ``steps`` are the path's sentences and then the answer sentence, one per loop.
+    """
+    if supervision not in SUPERVISIONS:
+        raise ValueError(f"supervision must be one of {SUPERVISIONS}, got {supervision!r}")
+    names, root = example["idx_to_symbol"], example["root"]
+    children = _example_children(example)
+    target = names[example["target"]]
+    if supervision == "path":
+        layers = [sorted({path[k] for path in shortest_paths(example)}) for k in range(len(example["steps"]))]
+        trace = layers[:-1] + [target]
+        steps = list(example["steps"])
+    else:
+        distances = _distances(children, root)
+        depth = distances[example["target"]]
+        trace = [sorted(names[node] for node, distance in distances.items() if distance == k) for k in range(1, depth + 1)]
+        trace.append(target)
+        steps = list(example["steps"]) + [example["answer"]]
+    return {"question": example["question"], "steps": steps, "answer": example["answer"], "trace": trace,
+            "hops": len(example["steps"])}
+
+
+def curriculum_example(rng: random.Random, stage: int, replay: float = 0.25, supervision: str = "frontier") -> dict:
+    """A training example at curriculum `stage` (1-based, up to ``len(CURRICULUM)``): a `replay` share is drawn from
+    an earlier stage, so that small graphs are not forgotten."""
+    if stage > 1 and rng.random() < replay:
+        stage = rng.randint(1, stage - 1)
+    num_nodes, path_lengths = CURRICULUM[min(stage, len(CURRICULUM)) - 1]
+    return to_example(make_prosqa_example(rng, path_lengths=path_lengths, num_nodes=num_nodes), supervision)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Paths and statistics, from the JSON fields alone (published and generated examples alike)
 # ---------------------------------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
-"""Where a training run's examples come from: the built-in hop-chain generator or a user's file, both in the
-package's one example format (:mod:`recursive_latent.examples`), behind the same curriculum knob (`max_hops`: the
-longest chain, in steps, a training example may have)."""
+"""Where a training run's examples come from: a built-in generator (hop chains, ProsQA-style graphs) or a user's
+file, all in the package's one example format (:mod:`recursive_latent.examples`), behind the same curriculum knob
+(`max_hops`: the longest chain, in steps, a training example may have; for ProsQA, the graph-size stage)."""
 
 import random
 
@@ -8,6 +8,7 @@ import torch
 
 from dataset_scripts.collator import tokenize
 from dataset_scripts.hop_chains import LANES, generate_examples, make_arith_example, make_example
+from dataset_scripts.prosqa import CURRICULUM, curriculum_example, generate_prosqa, to_example
 
 
 def example_kwargs(data_args, words, lane=None):
@@ -48,6 +49,22 @@ class HopChainStream(torch.utils.data.Dataset):
         return example
 
 
+class ProsQAStream(torch.utils.data.Dataset):
+    """Fresh ProsQA-style examples made on the fly, deterministic in (seed, i, stage) like `HopChainStream`; the
+    curriculum's `max_hops` is the graph-size stage (`dataset_scripts.prosqa.CURRICULUM`, the last one the published
+    distribution), with a `replay` share of earlier stages."""
+
+    def __init__(self, size, seed, max_hops, supervision, replay):
+        self.size, self.seed, self.max_hops, self.supervision, self.replay = size, seed, max_hops, supervision, replay
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, index):
+        rng = random.Random(self.seed * 1_000_003 + index)
+        return curriculum_example(rng, self.max_hops, self.replay, self.supervision)
+
+
 class ExampleStream(torch.utils.data.Dataset):
     """A fixed set of examples (a user's file) for the Trainer's sampler, which shuffles it anew every epoch.
 
@@ -84,6 +101,14 @@ def generated_validation(data_args, words):
         examples += generate_examples(data_args.eval_size, hops, variant=data_args.variant, seed=10_000 + hops,
                                       lane=data_args.lane, **example_kwargs(data_args, words))
     return examples
+
+
+def generated_prosqa_validation(data_args):
+    """Fresh ProsQA-style examples of the published distribution (seed 10,000; the benchmarks use others)."""
+    return [to_example(example, data_args.prosqa_supervision) for example in generate_prosqa(data_args.eval_size, 10_000)]
+
+
+PROSQA_STAGES = len(CURRICULUM)
 
 
 def lm_collator(tokenizer):

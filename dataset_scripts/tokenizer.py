@@ -63,7 +63,7 @@ def vocabulary_from_examples(examples) -> list[str]:
     split = pre_tokenizer().pre_tokenize_str
     words = {}
     for example in examples:
-        for text in (example["question"], *example["trace"]):
+        for text in (example["question"], *(word for step in example["trace"] for word in LoopTargets.words(step))):
             words.update((piece, None) for piece, _ in split(text) if piece not in SPECIAL_TOKENS)
     return list(words)
 
@@ -90,6 +90,7 @@ def build_tokenizer(words=None) -> PreTrainedTokenizerFast:
         unk_token=UNK_TOKEN,
         eos_token=EOS_TOKEN,
         padding_side="left",
+        truncation_side="left",  # the question ends a prompt: a prompt too long loses its start, not its question
         model_max_length=1024,
         model_input_names=["input_ids", "attention_mask"],
         clean_up_tokenization_spaces=False,
@@ -103,7 +104,8 @@ def load_tokenizer(name_or_path=None):
         return build_tokenizer()
     # Saved with the tokenizer: left padding (the latent starts from each prompt's last position), and a prefix space,
     # so that a prompt's first name is the same token as that name later on (GPT-2: `ĠA`, not `A`).
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, padding_side="left", add_prefix_space=True)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, padding_side="left", truncation_side="left",
+                                              add_prefix_space=True)
     tokenizer.add_tokens([AddedToken(HALT_TOKEN, special=False, normalized=False)])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -9,6 +9,7 @@ CORE_BLOCKS = ("transformer", "mamba2")
 MEMORY_KINDS = ("last", "all")
 BINDING_CONVS = ("none", "embeddings", "memory")
 HALTING_MODES = ("token", "head", "fixed", "velocity")
+SET_LOSSES = ("all", "any")
 MAX_INFERENCE_LOOPS = 72  # default cap of `reason()`; the token-recurrence baseline's decoding uses it too
 
 
@@ -87,6 +88,10 @@ class RecursiveLatentConfig(PretrainedConfig):
             loop counter and was measured harmful past the trained depth.
         max_loops (`int`, *optional*, defaults to 8):
             Loops run in training (hops + 1 for the `<HALT>` loop); labels may not ask for more.
+        loop_set_loss (`str`, *optional*, defaults to `"all"`):
+            How a loop whose target is a set of tokens (a trace element that is a list) is scored: `"all"`, against
+            the uniform distribution over the set (the loop must hold every member, e.g. a search frontier), or
+            `"any"`, by the set's total probability (any member will do, e.g. the next node of any shortest path).
         max_inference_loops (`int`, *optional*, defaults to 72):
             Upper limit of loops in `reason()` and in `forward` without labels.
         halt_token_id (`int`, *optional*):
@@ -155,6 +160,7 @@ class RecursiveLatentConfig(PretrainedConfig):
         lifeline_gate_init=1.0,
         loop_rotary=False,
         max_loops=8,
+        loop_set_loss="all",
         max_inference_loops=MAX_INFERENCE_LOOPS,
         halt_token_id=None,
         halting="token",
@@ -189,6 +195,7 @@ class RecursiveLatentConfig(PretrainedConfig):
         self.lifeline_gate_init = lifeline_gate_init
         self.loop_rotary = loop_rotary
         self.max_loops = max_loops
+        self.loop_set_loss = loop_set_loss
         self.max_inference_loops = max_inference_loops
         self.halt_token_id = halt_token_id
         self.halting = halting
@@ -241,6 +248,7 @@ class RecursiveLatentConfig(PretrainedConfig):
         _check_choice("memory", self.memory, MEMORY_KINDS)
         _check_choice("binding_conv", self.binding_conv, BINDING_CONVS)
         _check_choice("halting", self.halting, HALTING_MODES)
+        _check_choice("loop_set_loss", self.loop_set_loss, SET_LOSSES)
         if self.halting == "head" and not self.halt_head:
             raise ValueError("`halting='head'` needs `halt_head=True` (a halting head to read p_halt from).")
         for name in ("latent_residual", "backbone_positions", "latent_norm", "latent_newton_schulz", "lifeline",

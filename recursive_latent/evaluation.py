@@ -93,15 +93,16 @@ def evaluate_examples(model, tokenizer, examples, batch_size=256, max_loops=None
             stats = counts[len(reference)]
             stats["n"] += 1
             stats["answer"] += answers[row] == reference[-1]
-            stats["trace"] += trace[: len(reference)] == reference
+            steps_right = [said in targets.words(step) for said, step in zip(trace, reference)]  # a set: any member
+            stats["trace"] += len(steps_right) == len(reference) and all(steps_right)
             stats["halt"] += bool(out.halted[row]) and loops == len(reference) + 1
-            first_wrong = next((k for k, (said, step) in enumerate(zip(trace, reference)) if said != step), None)
+            first_wrong = steps_right.index(False) if False in steps_right else None
             stats["early_halt"] += first_wrong is not None and trace[first_wrong] == HALT_TOKEN
             stats["loops"] += loops
             stats["prompt_tokens"] += prompt_tokens[row]
             stats["unknown"] += has_unknown[row]
-            stats["untargetable"] += any(targets.id(word) is None for word in reference)
-            predictions.append({"prediction": answers[row], "trace": trace, "loops": loops})
+            stats["untargetable"] += any(targets.id(word) is None for step in reference for word in targets.words(step))
+            predictions.append({"prediction": answers[row], "trace": trace, "loops": loops, "halted": bool(out.halted[row])})
     seconds = time.perf_counter() - start
     per_steps = {}
     for steps, stats in sorted(counts.items()):

@@ -7,8 +7,11 @@ An example is a dict (a JSON object)::
 - `question` (str): the prompt, read as it stands.
 - `steps` (list of str): one reasoning step per loop.
 - `answer` (str): must end with the answer word, the last trace element (punctuation aside).
-- `trace` (list of str, optional): the loop targets, one word per step. When absent it is derived from `steps`
-  by one rule, `last_word`: the last whitespace-separated word of each step, without the punctuation around it.
+- `trace` (list, optional): the loop targets, one word per step. When absent it is derived from `steps`
+  by one rule, `last_word`: the last whitespace-separated word of each step, without the punctuation around it. An
+  element may also be a list of words, a set: the loop's target is then the whole set or any member of it (the
+  model's `loop_set_loss`), e.g. a search frontier or the next nodes of every shortest path. The last element, the
+  answer word, is one word.
 - `lane` (str, optional): the task lane (a LoRA adapter of the model); absent means the model's base lane.
 
 Loop k predicts `trace[k-1]`, the loop after the last step predicts `<HALT>`, and the answer is the last trace
@@ -69,7 +72,11 @@ def normalize_example(example, index=0):
         if empty is not None:
             _fail(index, f"`steps[{empty}]` has no word to take as its loop target ({example['steps'][empty]!r})")
     else:
-        _check_strings(index, "trace", trace)
+        if not isinstance(trace, list) or not trace:
+            _fail(index, f"`trace` must be a non-empty list (got {trace!r:.80})")
+        for position, element in enumerate(trace):
+            words = element if isinstance(element, list) and position < len(trace) - 1 else [element]
+            _check_strings(index, f"trace[{position}]", words)
         if len(trace) != len(example["steps"]):
             _fail(index, f"`trace` has {len(trace)} entries but `steps` has {len(example['steps'])}")
     if last_word(example["answer"]) != trace[-1]:
@@ -103,15 +110,24 @@ class LoopTargets:
             self._ids[word] = pieces[0] if known else None
         return self._ids[word]
 
-    def ids(self, words, index=None):
-        """Token ids of `words`; an `ExampleError` naming the word (and example `index`) for one that is not a token."""
-        ids = [self.id(word) for word in words]
-        if None in ids:
-            word = words[ids.index(None)]
-            where = f"example {index}: " if index is not None else ""
-            raise ExampleError(f"{where}loop target {word!r} is not one token of this tokenizer "
-                               f"({self.tokenizer(' ' + word, add_special_tokens=False).tokens()})")
+    def ids(self, trace, index=None):
+        """Token ids of a trace's words (a list of ids for a set element); an `ExampleError` naming the word (and
+        example `index`) for one that is not a token."""
+        ids = [[self.id(word) for word in element] if isinstance(element, list) else self.id(element)
+               for element in trace]
+        for element, element_ids in zip(trace, ids):
+            words, word_ids = (element, element_ids) if isinstance(element, list) else ([element], [element_ids])
+            if None in word_ids:
+                word = words[word_ids.index(None)]
+                where = f"example {index}: " if index is not None else ""
+                raise ExampleError(f"{where}loop target {word!r} is not one token of this tokenizer "
+                                   f"({self.tokenizer(' ' + word, add_special_tokens=False).tokens()})")
         return ids
+
+    @staticmethod
+    def words(element):
+        """The words a trace element allows: itself, or the members of a set."""
+        return element if isinstance(element, list) else [element]
 
     def word(self, token_id):
         """The word a predicted id stands for (a pretrained tokenizer's ` dog` is the word `dog`)."""

@@ -14,6 +14,7 @@ import fnmatch
 import sys
 from pathlib import Path
 
+from httpx2 import TransportError  # the Hub client's connection errors (huggingface_hub's HTTP library)
 from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
@@ -90,6 +91,9 @@ def commit(repo_id, operations, token, private, message):
     except HfHubHTTPError as error:
         status = error.response.status_code if error.response is not None else "no answer"
         raise HubPushError(f"{constants.ENDPOINT} refused the push to {repo_id} (HTTP {status}): {error}") from None
+    except (TransportError, OSError) as error:  # no answer at all: refused, unreachable, timed out
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise HubPushError(f"cannot reach {constants.ENDPOINT} to push to {repo_id} ({reason})") from None
 
 
 def main(argv=None):

@@ -1,7 +1,9 @@
 """RecursiveLatent: a pretrained backbone read once, then a tiny core looped over a latent until it predicts <HALT>."""
 
 import numbers
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +39,23 @@ def rotate_by_loop(x, loop, base=10000.0):
     cos, sin = torch.cos(loop * inv_freq).to(x.dtype), torch.sin(loop * inv_freq).to(x.dtype)
     x1, x2 = x[..., :half], x[..., half : 2 * half]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * half :]], dim=-1)
+
+
+def set_cross_entropy(loop_logits, loop_labels, mode):
+    """Loop supervision where a loop's target is a set of tokens: `loop_labels` (B, L, K) holds each loop's token ids,
+    -100 padding. `"all"`: cross-entropy against the uniform distribution over the set, so the loop must hold every
+    member (e.g. the frontier of a breadth-first search); `"any"`: -log of the set's total probability, so any member
+    will do (e.g. the next node on any shortest path). A one-token set is plain cross-entropy in both. Mean over the
+    loops that have a target."""
+    log_probs = F.log_softmax(loop_logits.float(), dim=-1)  # (B, L, V)
+    members = loop_labels != -100  # (B, L, K)
+    picked = log_probs.gather(-1, loop_labels.clamp(min=0)).masked_fill(~members, float("-inf"))
+    supervised = members.any(-1)  # (B, L)
+    if mode == "any":
+        per_loop = -torch.logsumexp(picked, dim=-1)
+    else:
+        per_loop = -picked.masked_fill(~members, 0.0).sum(-1) / members.sum(-1).clamp(min=1)
+    return per_loop[supervised].mean()
 
 
 def newton_schulz(x, rows, steps=5):
@@ -564,6 +583,15 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
     def lane_router(self):
         return self.model
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save the weights, lane adapters and remote code, then make the weight files as readable as the others:
+        safetensors writes them with mode 0600 whatever the umask."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        umask = os.umask(0)
+        os.umask(umask)
+        for path in Path(save_directory).rglob("*.safetensors"):
+            path.chmod(0o666 & ~umask)
+
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
 
@@ -600,9 +628,10 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
         lanes=None, answer_ids=None, hold_answer=False, **kwargs,
     ):
         r"""
-        loop_labels (`torch.LongTensor` of shape `(batch_size, num_loops)`, *optional*):
-            Target token of every loop (the path's nodes, then `<HALT>`); -100 marks loops that do not count.
-            Sets the number of loops run.
+        loop_labels (`torch.LongTensor` of shape `(batch_size, num_loops)` or `(batch_size, num_loops, set_size)`, *optional*):
+            Target token of every loop (the path's nodes, then `<HALT>`); -100 marks loops that do not count. With a
+            third dimension, a loop's target is a set of tokens (-100 pads it), scored as `config.loop_set_loss`
+            says. Sets the number of loops run.
         num_loops (`int`, *optional*):
             Loops to run without labels; defaults to `config.max_inference_loops`.
         position_ids (`torch.LongTensor` of shape `(batch_size, tokens)`, *optional*):
@@ -636,9 +665,12 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
                                      "broken (a diverged or corrupted checkpoint?).")
         halt_logits = self.halt_logit(outputs.latents) if self.halt_head is not None else None
         loss = None
-        if loop_labels is not None:
+        if loop_labels is not None and loop_labels.dim() == 2:
             # Deep supervision: every loop is one cross-entropy term; -100 loops (after <HALT>) do not count.
             loss = F.cross_entropy(loop_logits.flatten(0, 1).float(), loop_labels.flatten(), ignore_index=-100)
+        elif loop_labels is not None:
+            loss = set_cross_entropy(loop_logits, loop_labels, self.config.loop_set_loss)
+            loop_labels = loop_labels[..., 0]  # one token per loop for the terms below: <HALT> loops have no set
         if loop_labels is not None and answer_ids is not None:
             loop_answers = self.without_halt(loop_logits)
             answers = answer_ids[:, None].expand_as(loop_labels)

@@ -8,6 +8,7 @@ import inspect
 import os
 import re
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +17,11 @@ from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from dataset_scripts.hop_chains import ARITH_OPS, LANES, VARIANTS, check_arith_ops
+from dataset_scripts.prosqa import SUPERVISIONS
 from recursive_latent import RecursiveLatentConfig
 from trainers.checkpoints import STAGING_DIR
 
+TASKS = ("hop_chains", "prosqa")  # the built-in generators
 # Config fields the trainer fills in itself: from the backbone options, the tokenizer, the data and the lanes.
 TRAINER_SET_FIELDS = ("backbone_config", "backbone_name_or_path", "halt_token_id", "base_lane", "lane_adapters")
 
@@ -63,11 +66,25 @@ class DataArguments:
         default=None, metadata={"help": "Training examples, JSON list or JSONL of {question, steps, answer[, trace, "
                                         "lane]}; trains for epochs. Default: the hop-chain generator."}
     )
-    validation_file: str | None = field(default=None, metadata={"help": "Validation examples, same format."})
+    validation_file: str | None = field(
+        default=None, metadata={"help": "Validation examples, same format (also with a generator: then they replace "
+                                        "its fresh validation prompts)."}
+    )
     dataset_name: str | None = field(
         default=None, metadata={"help": "A Hub dataset id or a `save_to_disk` directory with a `train` (and "
                                         "optionally `validation`) split in the same format."}
     )
+    task: str = field(
+        default="hop_chains",
+        metadata={"help": "The generator, without --train_file: `hop_chains` (variable lookup) or `prosqa` "
+                          "(ProsQA-style concept graphs, dataset_scripts/prosqa.py, with a graph-size curriculum)."},
+    )
+    prosqa_supervision: str = field(
+        default="frontier",
+        metadata={"help": "`prosqa` loop targets: `frontier` (loop k holds every concept k steps from the person, "
+                          "then the reached option) or `path` (loop k names a node of a shortest path)."},
+    )
+    prosqa_replay: float = field(default=0.25, metadata={"help": "`prosqa`: share of examples from earlier stages."})
     lane: str | None = field(
         default=None,
         metadata={"help": "Task lane (generator: `pointer`, the default, or `arith`). A lane other than the "
@@ -100,12 +117,19 @@ class DataArguments:
     def __post_init__(self):
         if self.train_file is not None and self.dataset_name is not None:
             raise ValueError("give --train_file or --dataset_name, not both")
-        if self.validation_file is not None and not self.from_files:
-            raise ValueError("--validation_file needs --train_file or --dataset_name (the generator makes its own)")
+        if self.task not in TASKS:
+            raise ValueError(f"--task must be one of {', '.join(TASKS)} (got {self.task!r})")
+        if self.prosqa_supervision not in SUPERVISIONS:
+            raise ValueError(f"--prosqa_supervision must be one of {', '.join(SUPERVISIONS)} "
+                             f"(got {self.prosqa_supervision!r})")
+        if not 0 <= self.prosqa_replay < 1:
+            raise ValueError(f"--prosqa_replay must be in [0, 1) (got {self.prosqa_replay})")
         if self.from_files and self.mix_arith:
             raise ValueError("--mix_arith mixes generated arith chains into generated data; it does not apply to "
                              "--train_file / --dataset_name")
-        if not self.from_files:
+        if self.task == "prosqa" and not self.from_files:
+            self.lane = self.lane or "prosqa"
+        elif not self.from_files:
             self.lane = self.lane or "pointer"
             if self.lane not in LANES:
                 raise ValueError(f"--lane must be one of {', '.join(LANES)} (got {self.lane!r})")
@@ -121,7 +145,7 @@ class DataArguments:
             raise ValueError(f"--mix_arith must be in [0, 1) (got {self.mix_arith})")
         if self.mix_arith and self.lane != "pointer":
             raise ValueError("--mix_arith trains a new pointer model's shared weights on arith rows too; it does not "
-                             "apply to --lane arith")
+                             f"apply to --lane {self.lane}")
         if self.eval_size < 1 or min(self.eval_hops, default=1) < 1:
             raise ValueError("--eval_size and every --eval_hops value must be >= 1")
 
@@ -202,9 +226,11 @@ def check_output_dir(args):
     out = Path(args.output_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--output_dir {out} is a file, not a directory")
-    existing = next(parent for parent in [out, *out.parents] if parent.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"--output_dir {out} is not writable ({existing} refuses writes)")
+    existing = next(parent for parent in [out.absolute(), *out.absolute().parents] if parent.exists())
+    try:  # a real write (removed at once): permission bits say nothing for root or a read-only filesystem
+        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=existing))
+    except OSError as error:
+        raise ValueError(f"--output_dir {out} is not writable ({error.strerror} in {existing})") from None
     if args.resume_from_checkpoint or not out.is_dir():
         return
     ours = {"final", "runs", "training_config.yaml", STAGING_DIR}

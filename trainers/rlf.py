@@ -38,7 +38,10 @@ if __package__ in (None, ""):  # run as `python trainers/rlf.py`: make the repo 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataset_scripts.collator import LoopLabelCollator  # noqa: E402
-from dataset_scripts.sources import ExampleStream, HopChainStream, generated_validation, lm_collator  # noqa: E402
+from dataset_scripts.prosqa import CURRICULUM, VOCABULARY  # noqa: E402
+from dataset_scripts.sources import (  # noqa: E402
+    ExampleStream, HopChainStream, ProsQAStream, generated_prosqa_validation, generated_validation, lm_collator,
+)
 from dataset_scripts.tokenizer import build_tokenizer, load_tokenizer, task_words, vocabulary_from_examples  # noqa: E402
 from model_cards.generate import write_model_card  # noqa: E402
 from recursive_latent import RecursiveLatentConfig, RecursiveLatentForCausalLM  # noqa: E402
@@ -130,7 +133,9 @@ class RLFTrainer(Trainer):
             )
         if self.curriculum is not None:
             labels = inputs["loop_labels"]
-            right = (outputs.loop_logits.argmax(-1) == labels) | (labels == -100)
+            labels = labels if labels.dim() == 3 else labels[..., None]  # (B, L, set size)
+            said = outputs.loop_logits.argmax(-1)[..., None]
+            right = (said == labels).any(-1) | (labels == -100).all(-1)  # a set member, or nothing to say
             self.curriculum.record(int(right.all(1).sum()), labels.shape[0])
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
@@ -303,9 +308,12 @@ class Run:
         return self.args.recursion
 
 
-def load_file_data(data_args):
-    """Training and validation examples of `--train_file` / `--validation_file` / `--dataset_name`, checked."""
+def load_file_data(data_args, validation_only=False):
+    """Training and validation examples of `--train_file` / `--validation_file` / `--dataset_name`, checked (only the
+    validation examples with `validation_only`)."""
     try:
+        if validation_only:
+            return load_examples(data_args.validation_file)
         if data_args.train_file is not None:
             train = load_examples(data_args.train_file)
             validation = load_examples(data_args.validation_file) if data_args.validation_file else None
@@ -327,6 +335,10 @@ def load_file_data(data_args):
 
 def describe_data(data_args, train, validation):
     """What the model card says about the training data."""
+    if train is None and data_args.task == "prosqa":
+        return {"source": "generator", "generator": "dataset_scripts.prosqa", "lane": data_args.lane,
+                "supervision": data_args.prosqa_supervision, "curriculum": [list(stage) for stage in CURRICULUM],
+                "replay": data_args.prosqa_replay, "validation": data_args.validation_file}
     if train is None:
         return {"source": "generator", "generator": "dataset_scripts.hop_chains", "lane": data_args.lane,
                 "variant": data_args.variant, "hops": [data_args.min_hops, data_args.max_hops],
@@ -344,12 +356,23 @@ def describe_data(data_args, train, validation):
     return described
 
 
-def task_tokenizer(model_args, train):
+def task_tokenizer(model_args, data_args, train):
     """The checkpoint's tokenizer (--init_from), the pretrained backbone's (with `<HALT>`), or the word-level one:
-    over the training file's words, or the hop chains' fixed vocabulary for the generator."""
+    over the training file's words, or the generator's fixed vocabulary."""
     if model_args.init_from or model_args.backbone_name_or_path:
         return load_tokenizer(model_args.init_from or model_args.backbone_name_or_path)
-    return build_tokenizer(vocabulary_from_examples(train) if train is not None else None)
+    if train is not None:
+        return build_tokenizer(vocabulary_from_examples(train))
+    return build_tokenizer(VOCABULARY if data_args.task == "prosqa" else None)
+
+
+def longest_trace(data_args, train):
+    """The most steps a training example of this run may have (the curriculum's last stage)."""
+    if train is not None:
+        return max(len(e["trace"]) for e in train)
+    if data_args.task == "prosqa":
+        return max(CURRICULUM[-1][1]) + (data_args.prosqa_supervision == "frontier")  # + the answer loop
+    return data_args.max_hops
 
 
 def setup(args):
@@ -357,7 +380,7 @@ def setup(args):
     one-line message on anything that would fail later; writes nothing."""
     model_args, data_args, recursion = args.model, args.data, args.recursion
     train, validation = load_file_data(data_args) if data_args.from_files else (None, None)
-    tokenizer = task_tokenizer(model_args, train)
+    tokenizer = task_tokenizer(model_args, data_args, train)
     targets = LoopTargets(tokenizer)
     for index, example in enumerate(train or []):
         try:
@@ -378,8 +401,7 @@ def setup(args):
     config = model.config
     if config.halting == "fixed" and not 1 <= config.fixed_loops <= config.max_loops:
         raise SystemExit(f"error: fixed_loops must be in 1..max_loops ({config.max_loops}), got {config.fixed_loops}")
-    longest = (max(len(e["trace"]) for e in train) if train is not None else data_args.max_hops)
-    longest += 1 + recursion.extra_loops
+    longest = longest_trace(data_args, train) + 1 + recursion.extra_loops
     if config.halting != "fixed" and longest > config.max_loops:
         raise SystemExit(f"error: max_loops {config.max_loops} is too few for {longest - 1 - recursion.extra_loops} "
                          f"steps + <HALT> + {recursion.extra_loops} extra loops: give --max_loops {longest}")
@@ -403,17 +425,30 @@ def setup(args):
     continues_lane = data_args.lane in config.lane_adapters
     if lane_run:
         add_lane_adapter(model, data_args.lane, model_args)
-    if validation is None and train is None:
-        validation = generated_validation(data_args, task_words(tokenizer))
+    if data_args.validation_file and train is None:  # a generator's run validated on a file
+        validation = load_file_data(data_args, validation_only=True)
+    elif validation is None and train is None:
+        validation = (generated_prosqa_validation(data_args) if data_args.task == "prosqa"
+                      else generated_validation(data_args, task_words(tokenizer)))
     return Run(args, tokenizer, model, train, validation, describe_data(data_args, train, validation), resume,
                continues_lane)
 
 
 def training_stream(run, size, seed, max_hops, curriculum=False, **options):
-    """The run's training examples: the generator's stream, or the file's examples (with the curriculum's knob)."""
-    if run.train_examples is None:
-        return HopChainStream(run.args.data, task_words(run.tokenizer), size, seed=seed, max_hops=max_hops, **options)
-    return ExampleStream(run.train_examples, max_hops if curriculum else None)
+    """The run's training examples: a generator's stream, or the file's examples (with the curriculum's knob)."""
+    data_args = run.args.data
+    if run.train_examples is not None:
+        return ExampleStream(run.train_examples, max_hops if curriculum else None)
+    if data_args.task == "prosqa":
+        return ProsQAStream(size, seed, max_hops, data_args.prosqa_supervision, data_args.prosqa_replay)
+    return HopChainStream(data_args, task_words(run.tokenizer), size, seed=seed, max_hops=max_hops, **options)
+
+
+def final_stage(run):
+    """The curriculum's last `max_hops`: the most steps of the data, or the generator's last stage."""
+    if run.args.data.task == "prosqa" and run.train_examples is None:
+        return len(CURRICULUM)
+    return longest_trace(run.args.data, run.train_examples)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -435,7 +470,9 @@ def pretrain_backbone(run):
     stage1_args.save_strategy, stage1_args.eval_strategy, stage1_args.report_to = "no", "no", []
     stage1_args.load_best_model_at_end = False
     size = run.recursion.pretrain_steps * args.per_device_train_batch_size * args.world_size
-    data = training_stream(run, size, seed=args.seed + 1, max_hops=1, fixed_hops=run.recursion.pretrain_hops)
+    # LM text: hop chains of `pretrain_hops` hops, a file's examples, or ProsQA graphs of the published size.
+    stage = final_stage(run) if run.args.data.task == "prosqa" else 1
+    data = training_stream(run, size, seed=args.seed + 1, max_hops=stage, fixed_hops=run.recursion.pretrain_hops)
     BackboneLMTrainer(model=model, args=stage1_args, train_dataset=data, data_collator=lm_collator(run.tokenizer),
                       recursion_args=run.recursion).train()
     for p in core:
@@ -446,7 +483,7 @@ def pretrain_backbone(run):
 def train_core(run):
     """Stage 2: the looped core (and a `full` backbone) under loop supervision. Returns the trainer and its output."""
     args, recursion, data_args, model = run.training, run.recursion, run.args.data, run.model
-    final_hops = data_args.max_hops if run.train_examples is None else max(len(e["trace"]) for e in run.train_examples)
+    final_hops = final_stage(run)
     start_hops = min(recursion.curriculum_start_hops, final_hops) if recursion.curriculum else final_hops
     size = args.max_steps * args.per_device_train_batch_size * args.world_size
     train_data = training_stream(run, size, seed=args.seed, max_hops=start_hops, curriculum=recursion.curriculum,
@@ -500,12 +537,14 @@ def save_final(run, trainer, train_output, train_data):
     if not trainer.is_world_process_zero():
         return final_dir
     (staged / "training_args.bin").unlink(missing_ok=True)  # pickled and redundant with training_config.yaml
+    # What the model reads, so that `truncation=True` gives a prompt it accepts (the tokenizer cuts on the left).
     run.tokenizer.model_max_length = run.model.config.max_prompt_tokens or int(1e30)
     run.tokenizer.save_pretrained(staged)
     Path(staged, "training_config.yaml").write_text(Path(run.training.output_dir, "training_config.yaml").read_text())
     write_train_results(staged, train_output, train_data)
     write_model_card(staged, location=final_dir)
     commit_directory(staged, final_dir)
+    shutil.rmtree(staged.parent)  # the staging folder: empty once everything is in place
     print(f"[done] final checkpoint in {final_dir}")
     return final_dir
 
