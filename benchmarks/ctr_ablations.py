@@ -1,10 +1,12 @@
 """The CTR white paper's ablation table: each row trains the refiner with trainers/ctr.py under one change and
 evaluates it on the same held-out retrieval examples.
 
-    python benchmarks/ctr_ablations.py [--max_steps 2000] [--rows full no_query ...] [--out docs]
+    python benchmarks/ctr_ablations.py [--max_steps 2000] [--rows full no_query ...] [--label TEXT] [--out docs]
 
 Writes OUT/ctr_ablations.json first (per row: the arguments, cos(y, y*) after every step, cos and mean steps with
-halting, steps per difficulty quartile, wall time), then OUT/img/ctr_ablations.png drawn from the JSON.
+halting, steps per difficulty quartile, wall time), then OUT/img/ctr_ablations.png drawn from the JSON. `--label`
+(what the table is, e.g. the loss of its default row) is written into the JSON; copied to
+docs/ctr_ablations_<name>.json, it is rendered by benchmarks/report.py with that label in its title.
 """
 
 import argparse
@@ -48,13 +50,17 @@ def train_row(name, extra, args, workdir):
     return row
 
 
-def saved_results(json_path, settings):
-    """The rows saved so far with the same settings (budget, seed, depth); other settings start a new table."""
+def saved_results(json_path, settings, label=None):
+    """The rows saved so far with the same settings (budget, seed, depth); other settings start a new table. A label
+    only describes the table: a new one replaces the saved one and keeps the rows."""
+    results = {"label": None, **settings, "rows": {}}
     if json_path.is_file():
         saved = json.loads(json_path.read_text())
         if all(saved.get(key) == value for key, value in settings.items()):
-            return saved
-    return {**settings, "rows": {}}
+            results = saved
+    if label is not None:
+        results["label"] = label
+    return results
 
 
 def plot(json_path, png_path):
@@ -87,6 +93,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train_steps", type=int, default=32, help="deepest training depth S of every row")
     parser.add_argument("--out", default="outputs/ctr_ablations")
+    parser.add_argument("--label", default=None, help="what the table is, in its title in docs/results.md")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +102,8 @@ def main():
     with tempfile.TemporaryDirectory() as workdir:
         for name in tqdm(args.rows, desc="ablation rows"):
             r = train_row(name, ROWS[name], args, workdir)
-            results = saved_results(json_path, settings)  # re-read: rows may be run by several invocations at once
+            # Re-read: rows may be run by several invocations at once.
+            results = saved_results(json_path, settings, args.label)
             results["rows"][name] = r
             json_path.write_text(json.dumps(results, indent=2))
             print(f"{name:>14}: cos {r['start_cosine']:.3f} -> step 1 {r['cosine_per_step'][0]:.3f} -> halted "

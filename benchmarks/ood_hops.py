@@ -9,6 +9,11 @@ are refused unless `--max_loops` lifts the cap.
 
 Writes DIR/ood_hops.json first (inputs, per-hop figures with 95% Wilson intervals, timings, peak memory), then
 DIR/ood_hops.png drawn from the JSON alone (`plot_ood_hops`).
+
+How a run gets into docs/results.md: `--label TEXT` (one line: what the run is, the title of its table) and
+`--section NAME` (a section of benchmarks/report.py: default, baselines, ablations, depth, mamba2, lanes, or a new
+name) are written into the JSON; copy it to docs/ood_hops_<name>.json and run benchmarks/report.py (or let
+`report.py --run CHECKPOINT --name NAME --label TEXT --section NAME` run the suite and copy it).
 """
 
 import argparse
@@ -120,6 +125,10 @@ def main():
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=BENCHMARK_SEED)
     parser.add_argument("--out", default=None, help="output dir (default: the model dir)")
+    parser.add_argument("--label", default=None, help="what the run is, one line: its title in docs/results.md")
+    parser.add_argument("--section", default=None,
+                        help="its section in docs/results.md: default, baselines, ablations, depth, mamba2, lanes, "
+                             "or a new name")
     args = parser.parse_args()
     if args.n < 1 or min(args.hops) < 1 or (args.max_loops is not None and args.max_loops < 1):
         parser.error("--n, --max_loops and every --hops value must be >= 1")
@@ -150,6 +159,7 @@ def main():
                   args.shared_only, distractor_options, args.max_loops)
     results = {
         "command": " ".join(["python", "benchmarks/ood_hops.py", *sys.argv[1:]]),
+        "label": args.label, "section": args.section,
         "model": str(args.model), "lane": args.lane, "variant": "chain" if args.lane == "arith" else args.variant,
         "arith_ops": args.arith_ops, "shared_only": args.shared_only,
         "distractors": args.distractors, "distractor_hops": args.distractor_hops, "max_loops": args.max_loops,

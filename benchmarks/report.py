@@ -1,234 +1,37 @@
 """Render the benchmark JSON files into docs/results.md (every number there comes from a JSON or CSV file).
 
-    python benchmarks/report.py [--run outputs/default/final [--name default]] [--docs docs]
+    python benchmarks/report.py [--run outputs/default/final [--name default] [--label TEXT] [--section NAME]]
+                                [--docs docs]
 
 With `--run CHECKPOINT`, first runs the suite on it (ood_hops, depth_sweep, inference_ablations, probes,
 throughput) and copies the JSON files and plots into `--docs` as `<benchmark>_<name>.*` (`--name default_mamba2`
 for the Mamba2 default); then renders every table it finds. The narrative (how each default was found) is
 docs/experiments.md.
+
+How a run gets into the report: each JSON says what it is, there is no list of runs here. `docs/ood_hops_*.json`
+carries the `--label` (one line: what the run is) and `--section` (one of SECTIONS, or a new name: new sections follow
+the known ones, titled by their name) given to `benchmarks/ood_hops.py`, or to this script with `--run`, which passes
+them on. A JSON with no label is titled by its file name (in the comparison tables too), one with no section goes
+under `other`, last. `docs/ctr_ablations*.json` carries the `--label` given to `benchmarks/ctr_ablations.py`. Within
+a section (and among the CTR tables), runs follow their optional integer `order` (written once into the runs recorded
+before these keys existed, to keep the order they had), then the runs without one by file name. So adding a run is: run its
+benchmark with `--label`/`--section`, copy its JSON to `docs/ood_hops_<name>.json` (`--run ... --name` does both),
+run this script.
 """
 
 import argparse
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
+from itertools import groupby
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
-# docs/<file> -> (section, what the run is). Sections are rendered in the order of SECTIONS.
-OOD_RUNS = {
-    "ood_hops_default.json": ("default", "default (GPT-2 backbone, looped latent core, token halting, Muon on the "
-                                         "core, 6,500 steps): `make demo`"),
-    "ood_hops_default_on_chain.json": ("default", "default, evaluated on the seed's `chain` format"),
-    "ood_hops_default_6000_steps.json": ("default", "default with 6,000 steps (`make demo` with `max_steps: 6000`)"),
-    "ood_hops_default_8000_steps.json": ("default", "default before the step cut: 8,000 steps, tanh GELU in the "
-                                                    "backbone (the config of the Muon rows below)"),
-    "ood_hops_default_8000_steps_on_chain.json": ("default", "default before the step cut (8,000 steps), evaluated on "
-                                                             "the seed's `chain` format"),
-    "ood_hops_default_seed1.json": ("default", "default before the step cut (8,000 steps), second training seed "
-                                               "(`--seed 1`)"),
-    "ood_hops_default_5000_steps.json": ("default", "default before the step cut trained for 5,000 steps instead of "
-                                                    "8,000 (`--max_steps 5000`)"),
-    "ood_hops_default_adamw.json": ("default", "default before the Muon switch (AdamW on every weight): the config "
-                                               "the trained ablations below change one switch of"),
-    "ood_hops_default_adamw_on_chain.json": ("default", "default before the Muon switch, evaluated on the seed's "
-                                                        "`chain` format"),
-    "ood_hops_default_no_ema.json": ("default", "default before the EMA switch (no EMA): the config the baselines and "
-                                                "the first trained ablations change one switch of"),
-    "ood_hops_baseline_no_loop.json": ("baselines", "baseline: no loop (one core pass, answer only)"),
-    "ood_hops_baseline_fixed_depth.json": ("baselines", "baseline: fixed depth (6 loops, answer only at the last)"),
-    "ood_hops_baseline_cot.json": ("baselines", "baseline: token recurrence (GPT-2 LM writes the path as tokens)"),
-    "ood_hops_ablation_no_lifeline.json": ("ablations", "no lifeline (`--lifeline false`), before the EMA switch"),
-    "ood_hops_ablation_loop_rotary.json": ("ablations", "loop rotary on (`--loop_rotary true`), before the EMA switch"),
-    "ood_hops_ablation_no_latent_norm.json": ("ablations", "no LayerNorm on the latent after each loop "
-                                                           "(`--latent_norm false`)"),
-    "ood_hops_ablation_no_curriculum.json": ("ablations", "no hop curriculum: 1-5 hops from the first step "
-                                                          "(`--curriculum false`)"),
-    "ood_hops_ablation_ema.json": ("ablations", "EMA of the weights (`--ema_decay 0.999`), the switch to the default"),
-    "ood_hops_ablation_truncated_bptt.json": ("ablations", "truncated backprop, last 2 loops of the batch "
-                                                           "(`--grad_loops 2`)"),
-    "ood_hops_ablation_lora.json": ("ablations", "LoRA r8 on the stage-1 LM-pretrained backbone (`--backbone_mode lora`)"),
-    "ood_hops_ablation_frozen.json": ("ablations", "frozen stage-1 LM-pretrained backbone (`--backbone_mode frozen`), on "
-                                                   "the Muon default"),
-    "ood_hops_distractors_0_3.json": ("ablations", "0-3 distractor chains in training (`--min_distractors 0`)"),
-    "ood_hops_distractors_0_3_on_chain.json": ("ablations", "0-3 distractor chains in training, evaluated on the "
-                                                            "seed's `chain` format"),
-    "ood_hops_distractors_0_4.json": ("ablations", "0-4 distractor chains in training (`--min_distractors 0 "
-                                                   "--max_distractors 4`)"),
-    "ood_hops_distractors_0_4_on_chain.json": ("ablations", "0-4 distractor chains in training, evaluated on the "
-                                                            "seed's `chain` format"),
-    "ood_hops_ablation_mamba2_core.json": ("ablations", "Mamba2 block as the core (`--core_block mamba2`)"),
-    "ood_hops_ablation_frozen_no_positions.json": ("ablations", "frozen backbone without position embeddings "
-                                                                "(`--backbone_mode frozen --backbone_positions false`)"),
-    "ood_hops_ablation_frozen_no_positions_more.json": ("ablations", "frozen backbone without position embeddings + "
-                                                                     "6,000 more steps on 1-5 hops"),
-    "ood_hops_ablation_frozen_long_prompts.json": ("ablations", "that frozen model + 4,000 more steps with 1-12 "
-                                                                "distractor chains (longer prompts)"),
-    "ood_hops_ablation_frozen_no_positions_no_curriculum.json": ("ablations", "frozen backbone without position "
-                                                                              "embeddings, 1-5 hops from the first step "
-                                                                              "(`--curriculum false`)"),
-    "ood_hops_ablation_lora_no_positions.json": ("ablations", "LoRA r8 on a backbone without position embeddings "
-                                                              "(`--backbone_mode lora --backbone_positions false`, "
-                                                              "8,000 steps)"),
-    "ood_hops_ablation_lora_no_positions_more.json": ("ablations", "that LoRA model + 6,000 more steps on 1-5 hops "
-                                                                   "(no curriculum; new LoRA r8 on its merged "
-                                                                   "backbone)"),
-    "ood_hops_ablation_lora_no_positions_more_2.json": ("ablations", "that LoRA model + 6,000 more steps again "
-                                                                     "(20,000 in all)"),
-    "ood_hops_ablation_lora_no_positions_long_prompts.json": ("ablations", "that LoRA model + 4,000 steps on 1-5 hops "
-                                                                           "with 1-12 distractor chains (longer "
-                                                                           "prompts)"),
-    "ood_hops_ablation_lora_no_positions_no_curriculum.json": ("ablations", "LoRA r8 on a backbone without position "
-                                                                            "embeddings, 1-5 hops from the first step "
-                                                                            "(`--curriculum false`, 8,000 steps)"),
-    "ood_hops_ablation_lora_no_positions_no_curriculum_longer_prompts.json": (
-        "ablations", "that LoRA r8 model + 1,500 steps with 2-16 distractor chains of 1-8 hops (Mamba2's stage 2)"),
-    "ood_hops_ablation_lora64_no_positions_no_curriculum.json": ("ablations", "LoRA r64 (`--lora_r 64 --lora_alpha "
-                                                                              "128`), otherwise as the LoRA r8 run "
-                                                                              "without the curriculum"),
-    "ood_hops_ablation_frozen_long_text_lm.json": ("ablations", "frozen backbone without position embeddings, LM "
-                                                                "stage on long text (2-16 distractor chains), then "
-                                                                "8,000 steps on 1-5 hops (`--curriculum false`)"),
-    "ood_hops_ablation_frozen_long_text_lm_longer_prompts.json": (
-        "ablations", "that frozen model + 1,500 steps with 2-16 distractor chains of 1-8 hops (Mamba2's stage 2)"),
-    "ood_hops_ablation_frozen_lm6000.json": ("ablations", "frozen backbone without position embeddings, 6,000 LM "
-                                                          "steps in stage 1 (`--pretrain_steps 6000`), then 8,000 "
-                                                          "steps on 1-5 hops (`--curriculum false`)"),
-    "ood_hops_ablation_frozen_lm6000_longer_prompts.json": (
-        "ablations", "that frozen model + 1,500 steps with 2-16 distractor chains of 1-8 hops (Mamba2's stage 2)"),
-    "ood_hops_ablation_frozen_lm6000_more.json": ("ablations", "that frozen model (6,000 LM steps) + 6,000 more steps "
-                                                               "on 1-5 hops (14,000 in all)"),
-    "ood_hops_ablation_frozen_lm6000_more_2.json": ("ablations", "that 14,000-step frozen model + 6,000 more steps "
-                                                                 "on 1-5 hops (20,000 in all; control for the next "
-                                                                 "two)"),
-    "ood_hops_ablation_frozen_lm6000_more_longer_prompts.json": (
-        "ablations", "that 14,000-step frozen model + 1,500 steps with 2-16 distractor chains of 1-8 hops (Mamba2's "
-                     "stage 2)"),
-    "ood_hops_ablation_frozen_lm6000_longest_prompts.json": (
-        "ablations", "that model + 1,000 steps with 4-24 distractor chains of 1-5 hops (Mamba2's stage 3 within "
-                     "GPT-2's 512 positions): the best frozen curve"),
-    "ood_hops_ablation_frozen_lm6000_longest_prompts_on_chain.json": ("ablations", "the best frozen model, evaluated "
-                                                                                   "on the seed's `chain` format"),
-    "ood_hops_ablation_frozen_lm6000_stage4.json": (
-        "ablations", "the best frozen model + 2,000 more steps of its stage 3 (4-24 distractor chains of 1-5 hops)"),
-    "ood_hops_ablation_frozen_lm6000_stage3_hops10.json": (
-        "ablations", "the stage-2 frozen model + 1,000 steps with 4-24 distractor chains of 1-10 hops (Mamba2's "
-                     "stage 3 as it ran there, past 512 tokens)"),
-    "ood_hops_ablation_frozen_base_lora_longer_prompts.json": (
-        "ablations", "LoRA r8 added to the 14,000-step frozen model (`--init_from ... --backbone_mode lora`) + "
-                     "Mamba2's stage 2 (1,500 steps, 2-16 distractor chains of 1-8 hops)"),
-    "ood_hops_ablation_frozen_base_lora_longest_prompts.json": (
-        "ablations", "that LoRA model + 1,000 steps with 4-24 distractor chains of 1-5 hops (the frozen recipe's "
-                     "stage 3): the best adapted-backbone curve"),
-    "ood_hops_ablation_frozen_base_lora_longest_prompts_on_chain.json": (
-        "ablations", "that LoRA model, evaluated on the seed's `chain` format"),
-    "ood_hops_ablation_frozen_lm15000.json": ("ablations", "frozen backbone without position embeddings, 15,000 "
-                                                           "LM steps in stage 1 (`--pretrain_steps 15000`), then "
-                                                           "8,000 steps on 1-5 hops (`--curriculum false`)"),
-    "ood_hops_ablation_frozen_lm15000_more.json": ("ablations", "that frozen model + 6,000 more steps on 1-5 hops "
-                                                                "(14,000 in all): meets the depth targets"),
-    "ood_hops_ablation_frozen_lm15000_more_on_chain.json": ("ablations", "that frozen model, evaluated on the "
-                                                                         "seed's `chain` format"),
-    "ood_hops_ablation_frozen_lm15000_longer_prompts.json": (
-        "ablations", "that frozen model + 1,500 steps with 2-16 distractor chains of 1-8 hops (Mamba2's stage 2)"),
-    "ood_hops_ablation_frozen_lm15000_longest_prompts.json": (
-        "ablations", "that model + 1,000 steps with 4-24 distractor chains of 1-5 hops (the frozen recipe's stage 3): "
-                     "the best frozen curve"),
-    "ood_hops_ablation_frozen_lm15000_longest_prompts_on_chain.json": (
-        "ablations", "that model, evaluated on the seed's `chain` format"),
-    "ood_hops_ablation_frozen_lm15000_lora_more.json": (
-        "ablations", "LoRA r8 added to the 8,000-step frozen model on the 15,000-step LM (`--init_from ... "
-                     "--backbone_mode lora`), 6,000 steps on 1-5 hops: meets the depth targets"),
-    "ood_hops_ablation_frozen_lm15000_lora_more_on_chain.json": (
-        "ablations", "that LoRA model, evaluated on the seed's `chain` format"),
-    "ood_hops_ablation_lora_lm6000.json": ("ablations", "LoRA r8 on a backbone without position embeddings, 6,000 LM "
-                                                        "steps in stage 1, then 8,000 steps on 1-5 hops "
-                                                        "(`--curriculum false`)"),
-    "ood_hops_halt_head_extra_loops.json": ("depth", "from scratch, before the EMA switch: halting head + 0-4 extra "
-                                                     "loops past <HALT>"),
-    "ood_hops_finetune_control.json": ("depth", "default before the EMA switch + 2,000 more steps as it was trained "
-                                                "(control)"),
-    "ood_hops_finetune_extra_loops.json": ("depth", "default before the EMA switch + 2,000 steps with a halting head "
-                                                    "and 0-4 extra loops"),
-    "ood_hops_finetune_extra_loops_ema.json": ("depth", "default + 2,000 steps with a halting head and 0-4 extra loops"),
-    "ood_hops_no_positions.json": ("depth", "GPT-2 backbone without position embeddings, before the EMA switch"),
-    "ood_hops_newton_schulz.json": ("depth", "Newton-Schulz orthogonalised latent (`--latent_newton_schulz true`)"),
-    "ood_hops_default_mamba2.json": ("mamba2", "default_mamba2: last-layer memory, no binding conv, Muon on the core, "
-                                               "EMA, no hop curriculum, 16,000 steps"),
-    "ood_hops_default_mamba2_rerun.json": ("mamba2", "default_mamba2, second run of the same command"),
-    "ood_hops_default_mamba2_rerun_no_distractors.json": ("mamba2", "default_mamba2 second run, on prompts without "
-                                                                    "distractors (length set by the hops)"),
-    "ood_hops_default_mamba2_rerun_many_distractors.json": ("mamba2", "default_mamba2 second run, on prompts with 12 "
-                                                                      "distractor chains of 5 hops (long, few hops)"),
-    "ood_hops_mamba2_rerun_longer_prompts.json": ("mamba2", "default_mamba2 second run + 1,500 steps on 1-5 "
-                                                            "hops with 2-16 distractor chains of 1-8 hops"),
-    "ood_hops_mamba2_longest_prompts.json": ("mamba2", "default_mamba2 second run + 1,500 steps with 2-16 distractor "
-                                                       "chains of 1-8 hops + 1,000 with 4-24 chains of 1-10 hops (the "
-                                                       "Mamba2 recipe that meets the depth targets)"),
-    "ood_hops_mamba2_longest_prompts_deeper.json": ("mamba2", "that recipe's model at 96 and 128 hops (`--max_loops "
-                                                              "140`)"),
-    "ood_hops_mamba2_longest_prompts_on_chain.json": ("mamba2", "that recipe's model, evaluated on the seed's `chain` "
-                                                                "format"),
-    "ood_hops_mamba2_rerun_longer_prompts_on_chain.json": ("mamba2", "that longer-prompt run, evaluated on the seed's "
-                                                                     "`chain` format"),
-    "ood_hops_mamba2_rerun_longer_prompts_3k.json": ("mamba2", "default_mamba2 second run + 3,000 steps with those "
-                                                               "longer prompts"),
-    "ood_hops_mamba2_rerun_longer_prompts_no_distractors.json": ("mamba2", "that longer-prompt run on prompts without "
-                                                                           "distractors"),
-    "ood_hops_mamba2_rerun_longer_prompts_many_distractors.json": ("mamba2", "that longer-prompt run on prompts with 12 "
-                                                                             "distractor chains of 5 hops"),
-    "ood_hops_mamba2_default_long_prompts.json": ("mamba2", "default_mamba2 + 3,000 steps on 1-5 hops with 1-12 "
-                                                            "distractor chains (longer prompts)"),
-    "ood_hops_mamba2_default_long_prompts_2.json": ("mamba2", "that default_mamba2 long-prompt run + 3,000 more "
-                                                              "steps with 1-12 distractor chains"),
-    "ood_hops_mamba2_default_control.json": ("mamba2", "default_mamba2 + 3,000 steps on 1-5 hops with its 1-3 "
-                                                       "distractor chains (control)"),
-    "ood_hops_mamba2_curriculum.json": ("mamba2", "default_mamba2 with the hop curriculum (the default before), 16,000 "
-                                                  "steps"),
-    "ood_hops_mamba2_6000_steps.json": ("mamba2", "default_mamba2 with the hop curriculum, 6,000 steps"),
-    "ood_hops_mamba2_long_prompts.json": ("mamba2", "the curriculum run + 3,000 steps on 1-5 hops with 1-12 distractor "
-                                                    "chains (longer prompts)"),
-    "ood_hops_mamba2_long_prompts_2.json": ("mamba2", "that curriculum long-prompt run + 3,000 more steps with 1-12 "
-                                                      "distractor chains"),
-    "ood_hops_mamba2_long_prompts_control.json": ("mamba2", "the curriculum run + 3,000 steps on 1-5 hops with its 1-3 "
-                                                            "distractor chains (control)"),
-    "ood_hops_mamba2_conv_adamw.json": ("mamba2", "default_mamba2 before: embedding conv, all-layer memory, AdamW, no "
-                                                  "EMA"),
-    "ood_hops_mamba2_baseline_no_loop.json": ("mamba2", "Mamba2 baseline: no loop (one core pass, answer only)"),
-    "ood_hops_mamba2_baseline_fixed_depth.json": ("mamba2", "Mamba2 baseline: fixed depth (6 loops, answer only at the "
-                                                            "last)"),
-    "ood_hops_mamba2_baseline_cot.json": ("mamba2", "Mamba2 baseline: token recurrence (Mamba2 LM writes the path as "
-                                                    "tokens)"),
-    "ood_hops_mamba2_baseline_cot_6000_steps.json": ("mamba2", "Mamba2 baseline: token recurrence trained for 6,000 "
-                                                               "steps (the budget of the 6,000-step row above)"),
-    "ood_hops_lane_arith.json": ("lanes", "`arith` lane adapter on the default model (before the EMA switch)"),
-    "ood_hops_lane_arith_r32.json": ("lanes", "`arith` lane adapter of rank 32 (43,008 parameters, 12.7% of the shared "
-                                              "model, over the 2% target) on the default model, 4,500 steps"),
-    "ood_hops_lane_arith_r32_10k.json": ("lanes", "`arith` lane adapter of rank 32 on the default model, 10,000 steps"),
-    "ood_hops_arith_base.json": ("lanes", "the whole model trained on the `arith` lane from scratch (no adapter; what "
-                                          "the architecture reaches when all its weights learn the task)"),
-    "ood_hops_mix_base.json": ("lanes", "shared model trained with a quarter of its rows from `+`-only arith chains "
-                                        "(`--mix_arith 0.25 --arith_ops +`), on the pointer lane"),
-    "ood_hops_mix_base_arith_plus_shared.json": ("lanes", "that shared model on `+`-only arith chains, no adapter"),
-    "ood_hops_mix_base_arith_shared.json": ("lanes", "that shared model on arith chains with `+ - *`, no adapter"),
-    "ood_hops_mix_lane_arith_20k.json": ("lanes", "`arith` lane adapter of rank 5 (6,720 parameters, 1.98%) on that "
-                                                  "shared model, 20,000 steps"),
-    "ood_hops_mix_lane_arith_30k.json": ("lanes", "`arith` lane adapter of rank 5 on that shared model, 30,000 steps"),
-    "ood_hops_mix_lane_arith_50k.json": ("lanes", "that 30,000-step adapter + 20,000 steps on 1-5 hops (no "
-                                                  "curriculum)"),
-    "ood_hops_mix_lane_arith_nocurr.json": ("lanes", "a new rank-5 `arith` adapter on that shared model, 1-5 hops from "
-                                                      "the first step (no curriculum), 20,000 steps"),
-    "ood_hops_mix_lane_arith_nocurr_more.json": ("lanes", "that adapter + 24,000 more steps (no curriculum)"),
-    "ood_hops_mix_all.json": ("lanes", "shared model trained with a quarter of its rows from arith chains with "
-                                       "`+ - *` (`--mix_arith 0.25`), on the pointer lane"),
-    "ood_hops_mix_all_arith_shared.json": ("lanes", "that shared model on arith chains, no adapter"),
-    "ood_hops_mix_all_lane_arith.json": ("lanes", "`arith` lane adapter of rank 5 (6,720 parameters, 1.98%) on that "
-                                                  "shared model, 6,000 steps"),
-}
 # Each backbone's looped model against its three baselines trained on the same recipe, one panel each
 # (docs/img/baselines.png). The baselines were trained with the hop curriculum, so the Mamba2 panel shows the
 # looped model trained with it too; the Mamba2 default (no curriculum) is in the "Mamba2 backbone" table.
@@ -240,6 +43,7 @@ BASELINE_PANELS = {
         "ood_hops_mamba2_baseline_fixed_depth.json", "ood_hops_mamba2_baseline_cot.json"],
 }
 PANEL_LEGEND = ["looped core, token halting", "no loop", "fixed depth (6 loops)", "token recurrence"]
+# The sections of the OOD tables, in the order they are rendered.
 SECTIONS = {
     "default": "The default run",
     "baselines": "Baselines (same config, data and budget)",
@@ -248,6 +52,7 @@ SECTIONS = {
     "mamba2": "Mamba2 backbone",
     "lanes": "Lanes",
 }
+OTHER = "other"  # the section of a run whose JSON names none
 
 
 def pct(x):
@@ -259,10 +64,19 @@ def ci(row, key):
     return f"{pct(row[key])} [{pct(low)}, {pct(high)}]"
 
 
+def code(text):
+    """`text` as a Markdown code span. A command that passed a `--label` may hold backticks: those get a longer fence
+    (padded with spaces), as Markdown asks."""
+    if "`" not in text:
+        return f"`{text}`"
+    fence = "`" * (max(len(run) for run in re.findall("`+", text)) + 1)
+    return f"{fence} {text} {fence}"
+
+
 def ood_table(path, label):
     r = json.loads(path.read_text())
     command = r.get("command") or f"python benchmarks/ood_hops.py --model {r['model']} --variant {r['variant']}"
-    lines = [f"### {label}", "", f"`{path.name}` from `{command}`: {r['n']} fresh prompts per hop count, seed "
+    lines = [f"### {label}", "", f"`{path.name}` from {code(command)}: {r['n']} fresh prompts per hop count, seed "
              f"{r['seed']} + hops, {r['seconds']:.0f} s."]
     if r.get("training_command"):
         trained = f" in {r['train_seconds']:.0f} s" if r.get("train_seconds") else ""
@@ -280,23 +94,37 @@ def ood_table(path, label):
     return lines
 
 
-def comparison_tables(docs):
+def run_order(r, path):
+    """Sort key of a run within its table or section: its `order` if it has one, then the rest by file name."""
+    return (r.get("order") is None, r.get("order") or 0, path.name)
+
+
+def section_order(section):
+    """Sort key of a section: SECTIONS in their order, then new sections by name, then `other`."""
+    rank = list(SECTIONS).index(section) if section in SECTIONS else len(SECTIONS) + (section == OTHER)
+    return rank, section
+
+
+def ood_runs(docs):
+    """Every docs/ood_hops_*.json as (path, section, label, results), in report order."""
+    runs = []
+    for path in docs.glob("ood_hops_*.json"):
+        r = json.loads(path.read_text())
+        runs.append((path, r.get("section") or OTHER, r.get("label") or path.name, r))
+    return sorted(runs, key=lambda run: (section_order(run[1]), run_order(run[3], run[0])))
+
+
+def comparison_tables(runs):
     """Answer and trace exact match of every `shuffled` pointer-lane run side by side, per hop count."""
-    runs = {}
-    for name, (_, label) in OOD_RUNS.items():
-        if (docs / name).is_file():
-            r = json.loads((docs / name).read_text())
-            # Only the standard benchmark: other distractor settings measure other prompts, another loop cap
-            # other hop counts.
-            standard = all(r.get(option) is None for option in ("distractors", "distractor_hops", "max_loops"))
-            if r["variant"] == "shuffled" and r.get("lane", "pointer") == "pointer" and standard:
-                runs[name] = label, r
-    hops = sorted({int(h) for _, r in runs.values() for h in r["per_hop"]})
+    # Only the standard benchmark: other distractor settings measure other prompts, another loop cap other hop counts.
+    runs = [(label, r) for _, _, label, r in runs if r["variant"] == "shuffled" and r.get("lane", "pointer") == "pointer"
+            and all(r.get(option) is None for option in ("distractors", "distractor_hops", "max_loops"))]
+    hops = sorted({int(h) for _, r in runs for h in r["per_hop"]})
     lines = []
     for key, title in (("answer_exact_match", "Answer"), ("trace_exact_match", "Trace")):
         lines += [f"### {title} exact match %, every run (`shuffled`)", "",
                   "| run | " + " | ".join(map(str, hops)) + " |", "|---|" + "---|" * len(hops)]
-        for label, r in runs.values():
+        for label, r in runs:
             cells = [pct(r["per_hop"][str(h)][key]) if str(h) in r["per_hop"] else "" for h in hops]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -406,22 +234,18 @@ def largest_fall(curve):
     return max([0.0] + [a - b for a, b in zip(curve, curve[1:])])
 
 
-# The CTR ablation tables, and what the default row's loss was when each was measured.
-CTR_TABLES = {
-    "ctr_ablations.json": "the default: the monotone hinge, EMA 0.99",
-    "ctr_ablations_ema999.json": "the monotone hinge, EMA 0.999 (before the 0.99 switch)",
-    "ctr_ablations_no_hinge.json": "the paper's loss, before the monotone hinge, EMA 0.999",
-    "ctr_ablations_steps6000.json": "the paper's loss, before the monotone hinge, EMA 0.999",
-    "ctr_ablations_train64.json": "the paper's loss, before the monotone hinge, EMA 0.999",
-    "ctr_ablations_train16.json": "the paper's loss, before the monotone hinge, EMA 0.999",
-}
+def ctr_files(docs):
+    """The names of docs/ctr_ablations*.json, in the order of their tables."""
+    paths = docs.glob("ctr_ablations*.json")
+    return [path.name for path in sorted(paths, key=lambda path: run_order(json.loads(path.read_text()), path))]
 
 
 def ctr_table(path):
     r = json.loads(path.read_text())
     depth = next(iter(r["rows"].values()))["train_steps"]
-    lines = [f"### CTR refiner ablations, {r['max_steps']} training steps, trained to depth {depth}, "
-             f"{CTR_TABLES[path.name]} (held-out cos(y, y*))",
+    label = f", {r['label']}" if r.get("label") else ""  # what the table is, e.g. the default row's loss then
+    lines = [f"### CTR refiner ablations, {r['max_steps']} training steps, trained to depth {depth}{label} "
+             "(held-out cos(y, y*))",
              "", f"`{path.name}` from `python benchmarks/ctr_ablations.py --max_steps {r['max_steps']}`: seed {r['seed']}. "
              "`largest fall` is the largest drop of the mean cosine from one step to the next, over all 32 steps run "
              "without halting, then over the per-step trace of `refine()` with halting (a stopped example keeps its "
@@ -444,10 +268,12 @@ def ctr_table(path):
     return lines
 
 
-def run_suite(checkpoint, docs, name):
+def run_suite(checkpoint, docs, name, label=None, section=None):
     out = Path("outputs/report")
+    # The OOD JSON records what the run is, for its table here.
+    described = [*(["--label", label] if label else []), *(["--section", section] if section else [])]
     commands = [
-        ["benchmarks/ood_hops.py", "--model", checkpoint, "--out", str(out)],
+        ["benchmarks/ood_hops.py", "--model", checkpoint, "--out", str(out), *described],
         ["benchmarks/depth_sweep.py", "--model", checkpoint, "--out", str(out)],
         ["benchmarks/inference_ablations.py", "--model", checkpoint, "--out", str(out)],
         ["benchmarks/probes.py", "--model", checkpoint, "--out", str(out)],
@@ -484,7 +310,7 @@ def readme_summary(docs):
     hops = list(r["per_hop"])
     trained = f", trained on {r['trained_hops'][0]}-{r['trained_hops'][1]} hops" if r.get("trained_hops") else ""
     timing = f" in {r['train_seconds']:.0f} s of training" if r.get("train_seconds") else ""
-    source = f", `{r['command']}`" if r.get("command") else ""
+    source = f", {code(r['command'])}" if r.get("command") else ""
     lines = [f"The default checkpoint{trained}{timing}, on {r['n']:,} fresh `{r['variant']}` prompts per hop count "
              f"(seed {r['seed']:,} + hops{source}):", "",
              "| hops | " + " | ".join(hops) + " |", "|---|" + "---|" * len(hops)]
@@ -507,27 +333,30 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default=None, help="run the benchmark suite on this checkpoint first")
     parser.add_argument("--name", default="default", help="with --run: the name its files get in --docs")
+    parser.add_argument("--label", default=None, help="with --run: what the run is, the title of its OOD table")
+    parser.add_argument("--section", default=None, help="with --run: the section of its OOD table (see SECTIONS)")
     parser.add_argument("--docs", default=str(ROOT / "docs"))
     parser.add_argument("--readme", default=str(ROOT / "README.md"), help="README whose results block to regenerate")
     args = parser.parse_args()
+    if not args.run and (args.label or args.section):
+        parser.error("--label and --section go with --run (they describe its OOD run)")
     docs = Path(args.docs)
     if args.run:
-        run_suite(args.run, docs, args.name)
+        run_suite(args.run, docs, args.name, args.label, args.section)
     lines = ["# Measured results", "",
              "Generated by `python benchmarks/report.py` from the JSON and CSV files in this folder (each written by "
              "the benchmark named with it); do not edit by hand. How each default was found, the failed runs and what "
              "the tables mean: [`experiments.md`](experiments.md).", ""]
     lines += machine_line(docs)
     lines += baselines_plot(docs)
-    lines += comparison_tables(docs)
-    for section, title in SECTIONS.items():
-        runs = [(name, label) for name, (where, label) in OOD_RUNS.items() if where == section and (docs / name).is_file()]
-        if runs:
-            lines += [f"## {title}", ""]
-            for name, label in runs:
-                lines += ood_table(docs / name, label) + [""]
+    runs = ood_runs(docs)
+    lines += comparison_tables(runs)
+    for section, section_runs in groupby(runs, key=lambda run: run[1]):
+        lines += [f"## {SECTIONS.get(section, section)}", ""]
+        for path, _, label, _ in section_runs:
+            lines += ood_table(path, label) + [""]
     renderers = {"inference_ablations_default.json": ablation_tables, "depth_sweep_default.csv": depth_sweep_table,
-                 "throughput_default.json": throughput_tables} | dict.fromkeys(CTR_TABLES, ctr_table)
+                 "throughput_default.json": throughput_tables} | dict.fromkeys(ctr_files(docs), ctr_table)
     for pattern, render in (("inference_ablations_*.json", ablation_tables), ("depth_sweep_*.csv", depth_sweep_table),
                             ("throughput_*.json", throughput_tables)):
         renderers |= {path.name: render for path in sorted(docs.glob(pattern)) if path.name not in renderers}

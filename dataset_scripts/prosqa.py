@@ -324,7 +324,7 @@ def generate_prosqa(n: int, seed: int = 0, **options) -> list[dict]:
 # Loop supervision: a ProsQA example in the package's format, and a curriculum over graph size
 # ---------------------------------------------------------------------------------------------------------
 
-SUPERVISIONS = ("path", "frontier")
+SUPERVISIONS = ("frontier", "reachable", "path", "steps")
 # Words of every ProsQA question and answer: the word-level tokenizer's vocabulary for this task.
 VOCABULARY = ("Every", "is", "a", ".", "Is", "or", "?") + PERSONS + CONCEPTS
 # Curriculum stages (the trainer's `max_hops` is the stage): (nodes grown, shortest path lengths). Small graphs with
@@ -343,21 +343,29 @@ def to_example(example: dict, supervision: str = "frontier") -> dict:
       root -> target path (any of them will do: ``loop_set_loss="any"``), the last the target;
     - ``"frontier"``: loop k holds every concept at distance k from the root, the breadth-first frontier, up to the
       target's distance d (the whole set: ``loop_set_loss="all"``); loop d + 1 names the target, the reached option.
-      Its ``steps`` are the path's sentences and then the answer sentence, one per loop.
+      Its ``steps`` are the path's sentences and then the answer sentence, one per loop;
+    - ``"reachable"``: as ``"frontier"``, but loop k holds every concept within k steps of the root (the frontiers
+      so far, together): each loop adds the children of what it holds, with nothing to take away;
+    - ``"steps"``: the published steps as they stand, one word per loop (the concepts of one shortest path, drawn at
+      random where there are several), as a chain-of-thought model writes them.
     """
     if supervision not in SUPERVISIONS:
         raise ValueError(f"supervision must be one of {SUPERVISIONS}, got {supervision!r}")
     names, root = example["idx_to_symbol"], example["root"]
     children = _example_children(example)
     target = names[example["target"]]
-    if supervision == "path":
+    if supervision == "steps":
+        trace = [step.split()[-1].rstrip(".") for step in example["steps"]]
+        steps = list(example["steps"])
+    elif supervision == "path":
         layers = [sorted({path[k] for path in shortest_paths(example)}) for k in range(len(example["steps"]))]
         trace = layers[:-1] + [target]
         steps = list(example["steps"])
     else:
         distances = _distances(children, root)
         depth = distances[example["target"]]
-        trace = [sorted(names[node] for node, distance in distances.items() if distance == k) for k in range(1, depth + 1)]
+        within = (lambda d, k: 1 <= d <= k) if supervision == "reachable" else (lambda d, k: d == k)
+        trace = [sorted(names[node] for node, d in distances.items() if within(d, k)) for k in range(1, depth + 1)]
         trace.append(target)
         steps = list(example["steps"]) + [example["answer"]]
     return {"question": example["question"], "steps": steps, "answer": example["answer"], "trace": trace,

@@ -311,4 +311,21 @@ class RecursiveLatentConfig(PretrainedConfig):
         return self.backbone_config.num_hidden_layers
 
 
-__all__ = ["RecursiveLatentConfig"]
+class RecursiveLatentTokenLMConfig(RecursiveLatentConfig):
+    r"""
+    Configuration of [`RecursiveLatentTokenLM`], the token-recurrence baseline: the looped model's config, whose
+    backbone and binding conv it shares (the core and halting fields are unused). Its own `model_type` lets the Auto
+    classes tell a baseline checkpoint from a looped one.
+    """
+
+    model_type = "recursive_latent_token_lm"
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("auto_map", {
+            "AutoConfig": "configuration_recursive.RecursiveLatentTokenLMConfig",
+            "AutoModelForCausalLM": "modeling_token_recurrence.RecursiveLatentTokenLM",
+        })
+        super().__init__(**kwargs)
+
+
+__all__ = ["RecursiveLatentConfig", "RecursiveLatentTokenLMConfig"]

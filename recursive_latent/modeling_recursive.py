@@ -41,6 +41,24 @@ def rotate_by_loop(x, loop, base=10000.0):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * half :]], dim=-1)
 
 
+def read_prompt(module, input_ids, attention_mask, position_ids=None):
+    """Run `module.backbone` over the prompt, after the binding conv on its embeddings (`module.binding`, when the
+    config puts it there); the backbone's output with every layer's hidden states."""
+    config = module.config
+    embeddings = module.backbone.get_input_embeddings()(input_ids)
+    if config.binding_conv == "embeddings":
+        embeddings = module.binding(embeddings, attention_mask)
+    kwargs = {}
+    if config.backbone_type == "gpt2":
+        # GPT2Model numbers positions with arange and would ignore left padding; number the real tokens.
+        if position_ids is None:
+            position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+        if not config.backbone_positions:
+            position_ids = torch.zeros_like(position_ids)
+        kwargs["position_ids"] = position_ids
+    return module.backbone(inputs_embeds=embeddings, attention_mask=attention_mask, output_hidden_states=True, **kwargs)
+
+
 def set_cross_entropy(loop_logits, loop_labels, mode):
     """Loop supervision where a loop's target is a set of tokens: `loop_labels` (B, L, K) holds each loop's token ids,
     -100 padding. `"all"`: cross-entropy against the uniform distribution over the set, so the loop must hold every
@@ -425,20 +443,7 @@ class RecursiveLatentModel(RecursiveLatentPreTrainedModel, LaneRouting):
 
     def run_backbone(self, input_ids, attention_mask, position_ids=None):
         """Backbone hidden states, one (B, T, D_backbone) tensor per layer (embeddings first) or the last only."""
-        embeddings = self.backbone.get_input_embeddings()(input_ids)
-        if self.config.binding_conv == "embeddings":
-            embeddings = self.binding(embeddings, attention_mask)
-        kwargs = {}
-        if self.config.backbone_type == "gpt2":
-            # GPT2Model numbers positions with arange and would ignore left padding; number the real tokens.
-            if position_ids is None:
-                position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
-            if not self.config.backbone_positions:
-                position_ids = torch.zeros_like(position_ids)
-            kwargs["position_ids"] = position_ids
-        outputs = self.backbone(
-            inputs_embeds=embeddings, attention_mask=attention_mask, output_hidden_states=True, **kwargs
-        )
+        outputs = read_prompt(self, input_ids, attention_mask, position_ids)
         return list(outputs.hidden_states) if self.config.memory == "all" else [outputs.last_hidden_state]
 
     def encode(self, input_ids, attention_mask=None, position_ids=None, adapter_names=None):

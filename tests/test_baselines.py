@@ -66,8 +66,10 @@ def test_short_token_recurrence_run_trains_saves_and_evaluates(tmp_path, backbon
                              str(tmp_path / "tiny.yaml"), "--output_dir", str(out), "--backbone_type", backbone],
                             capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    model = AutoModelForCausalLM.from_pretrained(out / "final").eval()
-    assert model.config.model_type == backbone
+    model = AutoModelForCausalLM.from_pretrained(out / "final", trust_remote_code=True).eval()
+    # The looped model's own prompt reader with an LM head: the same backbone and, for GPT-2, the same binding conv.
+    assert type(model).__name__ == "RecursiveLatentTokenLM" and model.config.backbone_type == backbone
+    assert (model.binding is not None) == (model.config.binding_conv == "embeddings")
     figures = evaluate_examples(model, build_tokenizer(), generate_examples(20, hops=2, seed=9))
     assert figures["per_steps"][2]["n"] == 20 and 0 < figures["per_steps"][2]["mean_loops"] <= 72
     sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -31,7 +31,9 @@ def test_inference_ablations_and_report_render_the_measured_numbers(tmp_path):
     save_checkpoint(tmp_path / "model")
     docs = tmp_path / "docs"
     docs.mkdir()
-    for script, extra in (("ood_hops.py", ["--hops", "1", "2", "--n", "16", "--variant", "chain"]),
+    label = "tiny untrained model, `chain` prompts"
+    for script, extra in (("ood_hops.py", ["--hops", "1", "2", "--n", "16", "--variant", "chain", "--label", label,
+                                           "--section", "default"]),
                           ("inference_ablations.py", ["--hops", "1", "2", "--n", "16", "--velocities", "0.1",
                                                       "--variant", "chain"])):
         command = [sys.executable, str(ROOT / "benchmarks" / script), "--model", str(tmp_path / "model"), *extra,
@@ -39,6 +41,10 @@ def test_inference_ablations_and_report_render_the_measured_numbers(tmp_path):
         result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
     (docs / "ood_hops_default.json").write_text((tmp_path / "out" / "ood_hops.json").read_text())
+    # The same run as a JSON that says nothing about itself: titled by its file name, under `other`.
+    unlabeled = json.loads((docs / "ood_hops_default.json").read_text())
+    assert (unlabeled.pop("label"), unlabeled.pop("section")) == (label, "default")
+    (docs / "ood_hops_unlabeled.json").write_text(json.dumps(unlabeled, indent=2))
     (docs / "inference_ablations_default.json").write_text((tmp_path / "out" / "inference_ablations.json").read_text())
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- results:start (generated) -->\nstale\n<!-- results:end -->\nafter\n")
@@ -53,6 +59,10 @@ def test_inference_ablations_and_report_render_the_measured_numbers(tmp_path):
     row = ood["per_hop"]["2"]
     low, high = row["answer_exact_match_ci95"]
     assert f"| 2 | {100 * row['answer_exact_match']:.1f} [{100 * low:.1f}, {100 * high:.1f}]" in tables
+    assert f"## The default run\n\n### {label}\n" in tables
+    assert "## other\n\n### ood_hops_unlabeled.json\n" in tables
+    assert tables.index("## The default run") < tables.index("## other")
+    assert "`ood_hops_default.json` from `` python benchmarks/ood_hops.py" in tables  # the label's backticks, fenced
     gate = ablations["ablations"]["gate_zeroed"]["1"]["answer_exact_match"]
     assert f"| gate_zeroed | {100 * gate:.1f} |" in tables
     assert "![default vs baselines](img/baselines.png)" in tables and (docs / "img" / "baselines.png").stat().st_size > 0
