@@ -5,13 +5,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OUT := outputs/default
 
-.PHONY: demo test test-slow install clean
+.PHONY: demo test test-slow install app clean
 
 $(VENV)/.installed: setup.py
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,app]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -22,10 +22,14 @@ demo: install
 	$(PY) -m model_cards.generate $(OUT)/final
 
 test: install
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)  # tests/test_app.py
 	$(PY) -m pytest -q tests
 
 test-slow: install
 	$(PY) -m pytest -q -m slow tests
+
+app: install
+	$(PY) app.py --model $(OUT)/final
 
 clean:
 	rm -rf $(VENV) outputs

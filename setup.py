@@ -27,5 +27,6 @@ setup(
     extras_require={
         "dev": ["pytest==9.2.0", "matplotlib==3.11.2"],
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
+        "app": ["gradio==6.31.0", "gradio_client==2.7.2", "matplotlib==3.11.2"],  # python app.py (make app)
     },
 )

@@ -21,6 +21,11 @@ from recursive_latent import RecursiveLatentForCausalLM
 SEED = 5_000_000
 
 
+def latent_velocity(latents):
+    """Relative velocity ||x_t - x_{t-1}|| / ||x_t|| of (..., loops, D) latents: (..., loops - 1), loops 2.. on."""
+    return (latents[..., 1:, :] - latents[..., :-1, :]).norm(dim=-1) / latents[..., 1:, :].norm(dim=-1)
+
+
 @torch.no_grad()
 def trajectories(model, tokenizer, hops, n, loops, seed):
     examples = generate_examples(n, hops, seed=seed + hops, **task_words(tokenizer))
@@ -43,7 +48,7 @@ def main():
     results = {"model": args.model, "n": args.n, "seed": args.seed, "hops": {}, "pca": {}}
     all_latents = {h: trajectories(model, tokenizer, h, args.n, h + 1 + args.extra_loops, args.seed) for h in args.hops}
     for h, latents in all_latents.items():
-        speed = (latents[:, 1:] - latents[:, :-1]).norm(dim=-1) / latents[:, 1:].norm(dim=-1)
+        speed = latent_velocity(latents)
         results["hops"][h] = {"halt_loop": h + 1, "velocity_mean": speed.mean(0).tolist(),
                               "velocity_p90": speed.quantile(0.9, dim=0).tolist()}
     # One PCA basis for every trajectory, so the hop counts share the picture.
@@ -63,6 +68,25 @@ def main():
     print(f"wrote {json_path} and {', '.join(map(str, plot(json_path, out / 'img')))}")
 
 
+def plot_velocity(ax, velocity, halt_loop=None, label=None):
+    """Draw one latent velocity curve onto `ax` from a plain list: `velocity[i]` is ||x_t - x_{t-1}|| / ||x_t|| at
+    loop t = i + 2 (loop 1 has no previous latent); `halt_loop`, when given, is marked by a dotted line of the
+    curve's colour."""
+    line, = ax.plot(range(2, len(velocity) + 2), velocity, marker=".", label=label)
+    if halt_loop is not None:
+        ax.axvline(halt_loop, color=line.get_color(), linestyle=":")
+    ax.set_xlabel("loop t (dotted: the <HALT> loop)")
+    ax.set_ylabel("||x_t - x_{t-1}|| / ||x_t||")
+
+
+def plot_gate(ax, gate):
+    """Draw the histogram of the lifeline gate's per-channel values (a plain list) onto `ax`."""
+    ax.hist(gate, bins=30)
+    ax.set_xlabel("lifeline gate value (per channel)")
+    ax.set_ylabel("channels")
+    ax.set_title("Lifeline gate after training (initialised at 1.0)")
+
+
 def plot(json_path, img_dir):
     import matplotlib
 
@@ -73,8 +97,7 @@ def plot(json_path, img_dir):
     paths = []
     fig, ax = plt.subplots(figsize=(7, 4))
     for h, row in results["hops"].items():
-        line, = ax.plot(range(2, len(row["velocity_mean"]) + 2), row["velocity_mean"], marker=".", label=f"{h} hops")
-        ax.axvline(row["halt_loop"], color=line.get_color(), linestyle=":")
+        plot_velocity(ax, row["velocity_mean"], halt_loop=row["halt_loop"], label=f"{h} hops")
     ax.set_xlabel("loop t (dotted: the <HALT> loop, hops + 1)")
     ax.set_ylabel("mean ||x_t - x_{t-1}|| / ||x_t||")
     ax.set_title(f"Latent velocity per loop, n={results['n']} per hop count, seed {results['seed']}")
@@ -100,10 +123,7 @@ def plot(json_path, img_dir):
 
     if results["gate"] is not None:
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.hist(results["gate"], bins=30)
-        ax.set_xlabel("lifeline gate value (per channel)")
-        ax.set_ylabel("channels")
-        ax.set_title("Lifeline gate after training (initialised at 1.0)")
+        plot_gate(ax, results["gate"])
         fig.tight_layout()
         paths.append(img_dir / "probes_gate.png")
         fig.savefig(paths[-1], dpi=120)
