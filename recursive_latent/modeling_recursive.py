@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
-from transformers.models.mamba2.modeling_mamba2 import Mamba2Block, Mamba2Mixer
+from transformers.models.mamba2.modeling_mamba2 import Mamba2Block, Mamba2Mixer, causal_conv1d_fn, mamba2_chunk_scan
 from transformers.utils import ModelOutput, logging
 
 from .configuration_recursive import HALTING_MODES, RecursiveLatentConfig
@@ -152,6 +152,10 @@ class CoreBlock(nn.Module):
         self.mlp_norm = nn.LayerNorm(width)
         self.mlp = MLP(width, config.core_mlp_ratio)
 
+    def read_memory(self, memory, mask):
+        """What every loop reads of the fixed memory, computed once: its keys and values."""
+        return self.attn.project_memory(memory)
+
     def forward(self, x, key_value=None, mask=None, residual=True):
         h = self.attn_norm(x)
         if key_value is None:  # sequence design: self-attention over x itself
@@ -163,8 +167,9 @@ class CoreBlock(nn.Module):
 
 
 class MambaCoreBlock(nn.Module):
-    """A transformers `Mamba2Block` as core block. In the latent design the latent is appended to the memory and
-    the block scans the whole sequence each loop (its last output is the new latent)."""
+    """A transformers `Mamba2Block` as core block. In the latent design each loop continues the block's scan of the
+    memory by one token, the latent: the memory is scanned once (`read_memory`), and every loop advances a copy of
+    that state by one recurrent step, which is exactly what re-scanning [memory; latent] would give."""
 
     def __init__(self, config):
         super().__init__()
@@ -184,13 +189,57 @@ class MambaCoreBlock(nn.Module):
         self.mlp_norm = nn.LayerNorm(width)
         self.mlp = MLP(width, config.core_mlp_ratio)
 
-    def forward(self, x, memory=None, mask=None):  # x: (B, D) latent or (B, T, D) sequence; mask: (B, T)
-        if memory is None:
-            x = self.block(x, attention_mask=mask)
-        else:
-            sequence = torch.cat([memory, x[:, None]], dim=1)  # (B, T+1, D)
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            x = self.block(sequence, attention_mask=mask)[:, -1]
+    def _project(self, hidden):
+        """The mixer's input projection of the normalised block input: gate, conv input, time step."""
+        mixer = self.block.mixer
+        return self.block.mixer.in_proj(self.block.norm(hidden)).split(
+            [mixer.intermediate_size, mixer.conv_dim, mixer.num_heads], dim=-1
+        )
+
+    def _split_conv_output(self, x_b_c):
+        mixer = self.block.mixer
+        state = mixer.n_groups * mixer.ssm_state_size
+        return x_b_c.split([mixer.intermediate_size, state, state], dim=-1)
+
+    def read_memory(self, memory, mask):
+        """Scan the memory once (B, T, D): the conv inputs of its last tokens (B, kernel - 1, conv width) and the SSM
+        state after its last token (B, heads, head width, state), as the mixer's own scan computes them."""
+        mixer = self.block.mixer
+        B, T, _ = memory.shape
+        padding = mask[..., None].to(memory.dtype)
+        _, conv_input, dt = self._project(memory * padding)
+        x_b_c = causal_conv1d_fn(conv_input.transpose(1, 2), mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias,
+                                 activation=mixer.activation).transpose(1, 2) * padding
+        x, b, c = self._split_conv_output(x_b_c)
+        _, state = mamba2_chunk_scan(
+            x.reshape(B, T, mixer.num_heads, mixer.head_dim), dt, -torch.exp(mixer.A_log.float()),
+            b.reshape(B, T, mixer.n_groups, -1), c.reshape(B, T, mixer.n_groups, -1), chunk_size=mixer.chunk_size,
+            D=mixer.D, dt_bias=mixer.dt_bias, dt_softplus=True, dt_limit=mixer.time_step_limit,
+            return_final_states=True,
+        )
+        return conv_input[:, -(mixer.conv_kernel_size - 1):], state
+
+    def step(self, latent, memory_state):
+        """The block's output for the latent as the token after the memory: one recurrent step. (B, D) -> (B, D)"""
+        mixer = self.block.mixer
+        conv_inputs, state = memory_state
+        gate, conv_input, dt = self._project(latent)
+        # 1. The depthwise causal conv at the latent's position: the memory's last inputs, then the latent's.
+        window = torch.cat([conv_inputs, conv_input[:, None]], dim=1)  # (B, kernel, conv width)
+        x_b_c = (window * mixer.conv1d.weight.squeeze(1).T).sum(1) + mixer.conv1d.bias
+        x, b, c = self._split_conv_output(mixer.act(x_b_c))
+        # 2. One step of the SSM from the memory's state: h = exp(dt A) h + dt B x, y = C h + D x (one group).
+        dt = F.softplus(dt + mixer.dt_bias).clamp(*mixer.time_step_limit)  # (B, heads)
+        x = x.reshape(x.shape[0], mixer.num_heads, mixer.head_dim)  # (B, heads, head width)
+        decay = torch.exp(dt * -torch.exp(mixer.A_log.float()))
+        state = state * decay[..., None, None] + (dt[..., None] * x)[..., None] * b[:, None, None, :]
+        y = (state * c[:, None, None, :]).sum(-1) + mixer.D[:, None] * x
+        # 3. The gated norm and output projection of the mixer, then the block's residual.
+        y = mixer.out_proj(mixer.norm(y.reshape(y.shape[0], 1, -1), gate[:, None]))[:, 0]
+        return latent + y.to(latent.dtype)
+
+    def forward(self, x, memory_state=None, mask=None):  # x: (B, D) latent or (B, T, D) sequence; mask: (B, T)
+        x = self.block(x, attention_mask=mask) if memory_state is None else self.step(x, memory_state)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -297,23 +346,25 @@ class LoopContext:
     """What every loop reads, computed once per prompt. Rows can be dropped with `select` as examples halt.
 
     memory (B, T, D), mask (B, T) bool, prompt_state: the lifeline source, (B, D) in the latent design and
-    (B, T, D) in the sequence design, key_values: per transformer core block, the projected memory.
+    (B, T, D) in the sequence design, block_memory: in the latent design, what each core block reads of the memory
+    (`read_memory`: a transformer block's keys and values, a Mamba2 block's scan state), tensors with B first.
     """
 
     memory: torch.Tensor
     mask: torch.Tensor
     last_index: torch.Tensor
     prompt_state: torch.Tensor
-    key_values: list | None = None
+    block_memory: list | None = None
     adapter_names: list | None = None  # lane adapter of each row, None when no row uses one
 
     def select(self, rows):
-        key_values = None
-        if self.key_values is not None:
-            key_values = [(k[rows], v[rows]) for k, v in self.key_values]
+        block_memory = None
+        if self.block_memory is not None:
+            block_memory = [tuple(tensor[rows] for tensor in read) for read in self.block_memory]
         adapter_names = None if self.adapter_names is None else [self.adapter_names[i] for i in rows.tolist()]
         return LoopContext(
-            self.memory[rows], self.mask[rows], self.last_index[rows], self.prompt_state[rows], key_values, adapter_names
+            self.memory[rows], self.mask[rows], self.last_index[rows], self.prompt_state[rows], block_memory,
+            adapter_names,
         )
 
 
@@ -463,11 +514,11 @@ class RecursiveLatentModel(RecursiveLatentPreTrainedModel, LaneRouting):
         rows = torch.arange(memory.shape[0], device=memory.device)
         if self.config.core_design == "latent":
             prompt_state = memory[rows, last_index]  # (B, D): x_prompt at the last real token
-            key_values = [block.attn.project_memory(memory) for block in self.blocks if isinstance(block, CoreBlock)]
+            block_memory = [block.read_memory(memory, mask) for block in self.blocks]
         else:
             prompt_state = memory  # (B, T, D): the whole prompt is re-injected
-            key_values = None
-        return LoopContext(memory, mask, last_index, prompt_state, key_values or None, adapter_names)
+            block_memory = None
+        return LoopContext(memory, mask, last_index, prompt_state, block_memory, adapter_names)
 
     def init_latent(self, context):
         """The latent the first loop starts from: the prompt state itself (x_prompt at the last token in the latent
@@ -489,12 +540,12 @@ class RecursiveLatentModel(RecursiveLatentPreTrainedModel, LaneRouting):
         if self.config.core_design == "latent":
             # Only padding is masked: the latent may read every real prompt token. (B, 1, 1, T)
             attn_mask = context.mask[:, None, None, :]
-            for i, block in enumerate(self.blocks):
+            for i, (block, read) in enumerate(zip(self.blocks, context.block_memory)):
                 if isinstance(block, CoreBlock):
                     residual = self.config.latent_residual or i > 0
-                    latent = block(latent[:, None], context.key_values[i], attn_mask, residual)[:, 0]
+                    latent = block(latent[:, None], read, attn_mask, residual)[:, 0]
                 else:
-                    latent = block(latent, context.memory, context.mask)
+                    latent = block(latent, read)
             if self.config.latent_newton_schulz:
                 latent = newton_schulz(latent, self.config.newton_schulz_rows)
             return latent, latent

@@ -1,0 +1,115 @@
+"""ProsQA end to end: loop targets from a published example, a short training run on generated graphs, the benchmark."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dataset_scripts.prosqa import (
+    CURRICULUM, SUPERVISIONS, curriculum_example, is_valid_path, make_prosqa_example, shortest_paths, to_example,
+)
+from recursive_latent.examples import normalize_example
+from tests.test_trainer import ROOT
+
+PROSQA = Path(__file__).resolve().parents[2] / "shared" / "data" / "prosqa"
+TINY_PROSQA = """
+task: prosqa
+backbone_hidden_size: 32
+backbone_max_positions: 512
+model: {backbone_mode: full, max_loops: 8}
+max_steps: 12
+per_device_train_batch_size: 8
+learning_rate: 0.003
+warmup_steps: 0
+eval_strategy: steps
+eval_steps: 12
+eval_size: 6
+save_strategy: 'no'
+curriculum_window: 4
+use_cpu: true
+report_to: none
+seed: 0
+"""
+
+
+def distances_from_root(example):
+    """Breadth-first distances from the root person, written here independently of the generator's own."""
+    children = {}
+    for parent, child in example["edges"]:
+        children.setdefault(parent, []).append(child)
+    distances, frontier, depth = {example["root"]: 0}, [example["root"]], 0
+    while frontier:
+        depth += 1
+        frontier = list(dict.fromkeys(c for node in frontier for c in children.get(node, []) if c not in distances))
+        distances.update((node, depth) for node in frontier)
+    return distances
+
+
+def test_loop_targets_of_each_supervision():
+    example = make_prosqa_example(random.Random(3))
+    names, depth = example["idx_to_symbol"], len(example["steps"])
+    target = names[example["target"]]
+    by_distance = {}
+    for node, distance in distances_from_root(example).items():
+        by_distance.setdefault(distance, set()).add(names[node])
+    frontier = normalize_example(to_example(example, "frontier"))
+    assert [set(step) for step in frontier["trace"][:-1]] == [by_distance[k] for k in range(1, depth + 1)]
+    assert frontier["trace"][-1] == target and len(frontier["steps"]) == depth + 1
+    reachable = to_example(example, "reachable")["trace"]
+    assert all(set(reachable[k - 1]) == set().union(*(by_distance[j] for j in range(1, k + 1)))
+               for k in range(1, depth + 1))
+    path = to_example(example, "path")["trace"]
+    assert [set(layer) for layer in path[:-1]] == [{p[k] for p in shortest_paths(example)} for k in range(depth - 1)]
+    steps = to_example(example, "steps")["trace"]
+    assert is_valid_path(example, steps) and len(steps) == depth
+    for supervision in SUPERVISIONS:  # every form is a valid example of the package's format
+        assert normalize_example(to_example(example, supervision))["answer"] == example["answer"]
+
+
+def test_the_curriculum_grows_graphs_and_paths():
+    rng = random.Random(0)
+    first = [curriculum_example(rng, 1, replay=0.0) for _ in range(50)]
+    last = [curriculum_example(rng, len(CURRICULUM), replay=0.0) for _ in range(50)]
+    assert {example["hops"] for example in first} == {1}
+    assert {example["hops"] for example in last} <= {3, 4, 5, 6}
+    assert sum(len(e["question"]) for e in last) > 4 * sum(len(e["question"]) for e in first)
+
+
+@pytest.mark.skipif(not (PROSQA / "prosqa_valid.json").is_file(), reason="the published ProsQA files are not beside the repo")
+def test_a_short_run_trains_on_generated_graphs_and_the_benchmark_scores_it(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY_PROSQA)
+    valid = json.loads((PROSQA / "prosqa_valid.json").read_text())[:12]
+    (tmp_path / "valid.json").write_text(json.dumps(valid))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, str(ROOT / "trainers" / "rlf.py"), "--config", "tiny.yaml", "--validation_file",
+               "valid.json", "--output_dir", "run"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[eval] step 12" in result.stdout  # validated on the published examples
+    final = tmp_path / "run" / "final"
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    model = AutoModelForCausalLM.from_pretrained(final, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    question = valid[0]["question"]  # the published string as it stands is the prompt
+    assert tokenizer.unk_token_id not in tokenizer(question)["input_ids"]
+    out = model.reason(**tokenizer([question], return_tensors="pt"))
+    assert out.answer_ids.shape == (1,) and int(out.loops[0]) >= 1
+    text = pipeline("text-generation", model=str(final), trust_remote_code=True)(question)[0]["generated_text"]
+    assert text.startswith(question + " ") and len(text.split()) == len(question.split()) + 1
+
+    bench = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "prosqa.py"), "--model", str(final), "--data",
+                            str(tmp_path / "valid.json"), "--deep_n", "4", "--out", str(tmp_path / "bench")],
+                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    figures = json.loads((tmp_path / "bench" / "prosqa.json").read_text())
+    overall = figures["data_figures"]["per_path_length"]["all"]
+    assert overall["n"] == 12 and 0 <= overall["accuracy"] <= 1 and overall["accuracy_ci95"][0] <= overall["accuracy"]
+    assert figures["deep_figures"]["per_path_length"]["all"]["n"] == 4
+    assert set(figures["deep_figures"]["per_path_length"]) - {"all"} <= {"7", "8"}
+    assert (tmp_path / "bench" / "prosqa.png").stat().st_size > 0
