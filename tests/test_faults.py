@@ -142,15 +142,26 @@ def test_non_finite_logits_name_their_loop(batch):
         model(input_ids, attention_mask, num_loops=3)
 
 
-def test_reason_memory_follows_the_loops_run(batch):
+def test_reason_memory_follows_the_loops_run(batch, monkeypatch):
     input_ids, attention_mask, _ = batch
+    torch.manual_seed(0)
     model = RecursiveLatentForCausalLM(make_config()).eval()
-    with torch.no_grad():
-        model.lm_head.weight[2] = 10 * model.model.memory_norm.weight.new_ones(32)  # <HALT> soon
+    head, calls = model.head, []
+
+    def halting_head(x):  # <HALT> wins from the third loop on: every row stops there
+        calls.append(None)
+        logits = head(x)
+        if len(calls) >= 3:
+            logits[..., model.config.halt_token_id] = 1e4
+        return logits
+
+    monkeypatch.setattr(model, "head", halting_head)
     capped = model.reason(input_ids, attention_mask, max_loops=72)
+    assert capped.halted.all() and capped.loops.tolist() == [3, 3, 3]
     for huge in (10**6, 10**13):  # before: a (batch, max_loops) buffer; 10**13 loops asked for 80 TB
+        calls.clear()
         out = model.reason(input_ids, attention_mask, max_loops=huge)
-        assert out.trace_ids.shape == capped.trace_ids.shape == (3, int(capped.loops.max()))
+        assert out.trace_ids.shape == capped.trace_ids.shape == (3, 3)
         assert torch.equal(out.answer_ids, capped.answer_ids)
     for bad in (1.5, 0, -2, True):
         with pytest.raises(ValueError, match=r"`max_loops` must be a positive integer"):
