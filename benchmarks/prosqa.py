@@ -111,6 +111,8 @@ def main():
     parser.add_argument("--deep_seed", type=int, default=DEEP_SEED)
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--out", default=None, help="output dir (default: the model dir)")
+    parser.add_argument("--label", default=None, help="what the run is, as docs/results.md titles it")
+    parser.add_argument("--order", type=int, default=None, help="its row in docs/results.md's ProsQA table")
     args = parser.parse_args()
     data_file = Path(args.data)
     if not data_file.is_file():
@@ -134,7 +136,7 @@ def main():
         deep_figures = score(model, tokenizer, deep, args.batch_size)
         show("deep", deep_figures)
     results = {
-        "command": " ".join(["python", "benchmarks/prosqa.py", *sys.argv[1:]]),
+        "command": " ".join(["python", "benchmarks/prosqa.py", *sys.argv[1:]]), "label": args.label, "order": args.order,
         "model": str(args.model), "data": str(args.data),
         "data_sha256": hashlib.sha256(data_file.read_bytes()).hexdigest(), "n": len(examples),
         "deep_n": args.deep_n, "deep_seed": args.deep_seed, "deep_options": DEEP_OPTIONS,

@@ -268,6 +268,40 @@ def ctr_table(path):
     return lines
 
 
+# The published ProsQA test accuracies (Coconut, Hao et al. 2024, Table 1: GPT-2 124M pretrained, 4 GPUs, 50 epochs on
+# the 17,886-example train split), next to which our runs are shown.
+PROSQA_PUBLISHED = {"Coconut": 97.0, "iCoT": 98.2, "CoT": 77.5, "no-CoT": 76.7, "pause tokens": 75.9}
+
+
+def prosqa_tables(docs):
+    """One row per `docs/prosqa_*.json` (written by benchmarks/prosqa.py; `label` says what the run is): accuracy,
+    path validity and `<HALT>` over the whole split, then deeper generated graphs, each with its 95% interval."""
+    paths = sorted(docs.glob("prosqa_*.json"), key=lambda path: (json.loads(path.read_text()).get("order", 1e9), path.name))
+    if not paths:
+        return []
+    lines = ["## ProsQA", "",
+             "Accuracy as the Coconut paper computes it (the answer sentence `<person> is a <concept>.` equals "
+             "`answer`), path validity (the loops' concepts form an edge path from the person to the answer; how many "
+             "were shortest in brackets), on the split each JSON names, then on generated graphs with 7-8 step paths "
+             "(never seen in training). Published test accuracy for comparison (GPT-2 124M, 50 epochs on the published "
+             "train split): " + ", ".join(f"{name} {value}%" for name, value in PROSQA_PUBLISHED.items()) + ".", "",
+             "| run | split | accuracy % [95% CI] | valid path % (shortest) | halted % | mean loops | deep 7-8: accuracy "
+             "% [95% CI] | deep: valid path % | JSON |", "|---|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        r = json.loads(path.read_text())
+        row = r["data_figures"]["per_path_length"]["all"]
+        deep = (r.get("deep_figures") or {}).get("per_path_length", {}).get("all")
+        deep_cells = f"{ci(deep, 'accuracy')} | {pct(deep['valid_path'])}" if deep else "- | -"
+        lines.append(f"| {r.get('label') or path.stem} | `{Path(r['data']).name}` (n={row['n']}) | "
+                     f"{ci(row, 'accuracy')} | {pct(row['valid_path'])} ({pct(row['valid_shortest_path'])}) | "
+                     f"{pct(row['halted'])} | {row['mean_loops']:.2f} | {deep_cells} | `{path.name}` |")
+    lines += ["", "Per shortest-path length (accuracy %): " + "; ".join(
+        f"`{path.name}`: " + ", ".join(f"{n} steps {pct(row['accuracy'])}" for n, row in
+                                       json.loads(path.read_text())["data_figures"]["per_path_length"].items() if n != "all")
+        for path in paths) + ".", ""]
+    return lines
+
+
 def run_suite(checkpoint, docs, name, label=None, section=None):
     out = Path("outputs/report")
     # The OOD JSON records what the run is, for its table here.
@@ -355,6 +389,7 @@ def main():
         lines += [f"## {SECTIONS.get(section, section)}", ""]
         for path, _, label, _ in section_runs:
             lines += ood_table(path, label) + [""]
+    lines += prosqa_tables(docs)
     renderers = {"inference_ablations_default.json": ablation_tables, "depth_sweep_default.csv": depth_sweep_table,
                  "throughput_default.json": throughput_tables} | dict.fromkeys(ctr_files(docs), ctr_table)
     for pattern, render in (("inference_ablations_*.json", ablation_tables), ("depth_sweep_*.csv", depth_sweep_table),

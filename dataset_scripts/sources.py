@@ -23,14 +23,33 @@ def example_kwargs(data_args, words, lane=None):
     )
 
 
+def parse_prompt_stage(stage):
+    """`"0.8:2-16:1-8"` -> (0.8, (2, 16), (1, 8))."""
+    start, distractors, hops = str(stage).split(":")
+    start = float(start)
+    distractors, hops = (tuple(int(bound) for bound in part.split("-")) for part in (distractors, hops))
+    if not 0 <= start < 1 or len(distractors) != 2 or len(hops) != 2:
+        raise ValueError(stage)
+    return start, distractors, hops
+
+
 class HopChainStream(torch.utils.data.Dataset):
     """Fresh training examples made on the fly: example `i` depends only on (seed, i, current max hops), so a
-    resumed run sees the same data in the same order. `max_hops` is raised by the curriculum."""
+    resumed run sees the same data in the same order. `max_hops` is raised by the curriculum; `data_args.prompt_stages`
+    lengthen the prompts from a fraction `i / size` of the stream on."""
 
     def __init__(self, data_args, words, size, seed, max_hops, fixed_hops=None, extra_loops=0):
         self.data_args, self.size, self.seed, self.max_hops, self.fixed_hops = data_args, size, seed, max_hops, fixed_hops
         self.options = {lane: example_kwargs(data_args, words, lane) for lane in LANES}
         self.extra_loops = extra_loops
+        stages = getattr(data_args, "prompt_stages", []) if fixed_hops is None else []
+        self.stages = [(start, dict(self.options["pointer"], num_distractors=distractors, distractor_hops=hops))
+                       for start, distractors, hops in map(parse_prompt_stage, stages)]
+
+    def pointer_options(self, index):
+        """The pointer lane's options for example `index`: the latest prompt stage it has reached, if any."""
+        reached = [options for start, options in self.stages if index >= start * self.size]
+        return reached[-1] if reached else self.options["pointer"]
 
     def __len__(self):
         return self.size
@@ -43,7 +62,7 @@ class HopChainStream(torch.utils.data.Dataset):
         if args.lane == "arith" or (args.mix_arith and rng.random() < args.mix_arith):
             example = make_arith_example(rng, hops, **self.options["arith"])
         else:
-            example = make_example(rng, hops, variant=args.variant, **self.options["pointer"])
+            example = make_example(rng, hops, variant=args.variant, **self.pointer_options(index))
         if self.extra_loops:
             example["extra_loops"] = rng.randint(0, self.extra_loops)
         return example

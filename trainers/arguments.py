@@ -18,6 +18,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from dataset_scripts.hop_chains import ARITH_OPS, LANES, VARIANTS, check_arith_ops
 from dataset_scripts.prosqa import SUPERVISIONS
+from dataset_scripts.sources import parse_prompt_stage
 from recursive_latent import RecursiveLatentConfig
 from trainers.checkpoints import STAGING_DIR
 
@@ -101,6 +102,13 @@ class DataArguments:
     max_distractors: int = field(default=3, metadata={"help": "Most distractor chains (`shuffled`)."})
     min_distractor_hops: int = field(default=1, metadata={"help": "Shortest distractor chain."})
     max_distractor_hops: int = field(default=5, metadata={"help": "Longest distractor chain."})
+    prompt_stages: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Longer prompts late in training (`shuffled` hop chains), one entry per stage, "
+                          "`FROM:D_LO-D_HI:H_LO-H_HI`: from this fraction of the training steps on, D_LO-D_HI "
+                          "distractor chains of H_LO-H_HI hops each (e.g. `0.8:2-16:1-8`). The walks stay as long as "
+                          "before; the prompts grow towards the test's."},
+    )
     arith_ops: str = field(default="+-*", metadata={"help": "Operations of the `arith` lane's statements."})
     mix_arith: float = field(
         default=0.0,
@@ -147,6 +155,12 @@ class DataArguments:
         if self.mix_arith and self.lane != "pointer":
             raise ValueError("--mix_arith trains a new pointer model's shared weights on arith rows too; it does not "
                              f"apply to --lane {self.lane}")
+        try:
+            for stage in self.prompt_stages:
+                parse_prompt_stage(stage)
+        except ValueError:
+            raise ValueError(f"--prompt_stages entries must read FROM:D_LO-D_HI:H_LO-H_HI with 0 <= FROM < 1, e.g. "
+                             f"0.8:2-16:1-8 (got {' '.join(map(str, self.prompt_stages))})") from None
         if self.eval_size < 1 or min(self.eval_hops, default=1) < 1:
             raise ValueError("--eval_size and every --eval_hops value must be >= 1")
 
