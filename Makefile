@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OUT := outputs/default
 
-.PHONY: demo test test-slow install app clean
+.PHONY: demo test test-fast test-slow install browser app clean
 
 $(VENV)/.installed: setup.py
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -21,9 +21,14 @@ demo: install
 	$(PY) benchmarks/ood_hops.py --model $(OUT)/final --variant shuffled
 	$(PY) -m model_cards.generate $(OUT)/final
 
-test: install
-	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)  # tests/test_app.py
+browser:  # Debian's headless Chromium, for tests/test_app.py's screenshot
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+test: install browser
 	$(PY) -m pytest -q tests
+
+test-fast: install browser  # the inner loop: everything but the end-to-end subprocess runs (each has a fast version)
+	$(PY) -m pytest -q -m "not slow" tests
 
 test-slow: install
 	$(PY) -m pytest -q -m slow tests

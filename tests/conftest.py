@@ -20,16 +20,10 @@ BACKBONES = {"gpt2": TINY_GPT2, "mamba2": TINY_MAMBA2}
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: end-to-end runs of minutes; run with `make test-slow`")
-
-
-def pytest_collection_modifyitems(config, items):
-    if config.getoption("-m") and "slow" in config.getoption("-m"):
-        return
-    skip = pytest.mark.skip(reason="slow: run with `pytest -m slow`")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+    config.addinivalue_line(
+        "markers", "slow: an end-to-end run in subprocesses (seconds to a minute); each has a fast in-process version. "
+                   "`make test` runs them, `make test-fast` (`pytest -m 'not slow'`) skips them."
+    )
 
 
 def make_config(backbone="gpt2", **kwargs):

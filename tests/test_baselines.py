@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Mamb
 from dataset_scripts.hop_chains import generate_examples
 from dataset_scripts.tokenizer import HALT_TOKEN, build_tokenizer
 from recursive_latent.evaluation import evaluate_examples, generate_reason
-from tests.test_trainer import ROOT, TINY
+from tests.test_trainer import ROOT, TINY, train_in_process
 
 
 def test_collator_labels_only_the_path_and_halt():
@@ -58,6 +58,18 @@ def test_greedy_decoding_gives_the_same_trace_padded_or_alone(backbone):
     assert together.halted.any() and len(set(together.loops.tolist())) > 1  # halting at different loops
 
 
+def test_in_process_token_recurrence_run(tmp_path, monkeypatch, capsys):
+    """The fast version of the next test: a few steps of the baseline, saved and read back with its binding conv."""
+    out = train_in_process(tmp_path, monkeypatch, capsys, "--output_dir", "cot", "--max_steps", "3", "--eval_steps",
+                           "3", "--eval_size", "4", "--save_strategy", "no", script="token_recurrence")
+    assert "token recurrence on a gpt2 backbone" in out
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "cot" / "final", trust_remote_code=True).eval()
+    assert type(model).__name__ == "RecursiveLatentTokenLM" and model.binding is not None
+    figures = evaluate_examples(model, build_tokenizer(), generate_examples(4, hops=2, seed=9))
+    assert figures["per_steps"][2]["n"] == 4
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["gpt2", "mamba2"])
 def test_short_token_recurrence_run_trains_saves_and_evaluates(tmp_path, backbone):
     (tmp_path / "tiny.yaml").write_text(TINY)

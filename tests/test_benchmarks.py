@@ -6,11 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .test_remote_code import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_depth_sweep_writes_one_row_per_hop_and_forced_loop_count(tmp_path):
     save_checkpoint(tmp_path / "model")
     command = [sys.executable, str(ROOT / "benchmarks" / "depth_sweep.py"), "--model", str(tmp_path / "model"),
@@ -27,6 +30,7 @@ def test_depth_sweep_writes_one_row_per_hop_and_forced_loop_count(tmp_path):
     assert run["model"] == str(tmp_path / "model") and "--hops 1 3" in run["command"] and run["seconds"] > 0
 
 
+@pytest.mark.slow
 def test_inference_ablations_and_report_render_the_measured_numbers(tmp_path):
     save_checkpoint(tmp_path / "model")
     docs = tmp_path / "docs"
@@ -87,6 +91,7 @@ def test_tokenizer_coverage_counts_the_words_a_tokenizer_keeps_whole(tmp_path, p
     assert 0 < bpe["names"]["one_token"] < 702 and len(bpe["names"]["split"]) == 702 - bpe["names"]["one_token"]
 
 
+@pytest.mark.slow
 def test_throughput_writes_speed_memory_and_parameter_counts(tmp_path):
     command = [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--loops", "4", "--batch_sizes", "2",
                "--batch_size", "8", "--repeats", "1", "--out", str(tmp_path)]
@@ -102,14 +107,27 @@ def test_throughput_writes_speed_memory_and_parameter_counts(tmp_path):
     assert figures["seconds"] > 0
 
 
-def test_ood_hops_refuses_bad_arith_ops_before_loading_a_model(tmp_path):
+def ood_hops_main(monkeypatch, capsys, *args):
+    """`benchmarks/ood_hops.py` with `args`, in this process: (exit code, stderr); exit code 0 when it ran through."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import ood_hops
+
+    monkeypatch.setattr(sys, "argv", ["ood_hops.py", *args])
+    try:
+        ood_hops.main()
+    except SystemExit as stop:  # a parser error prints itself and exits 2; a refusal is SystemExit("error: ...")
+        return stop.code, capsys.readouterr().err + (stop.code if isinstance(stop.code, str) else "")
+    return 0, capsys.readouterr().err
+
+
+def test_ood_hops_refuses_bad_arith_ops_before_loading_a_model(tmp_path, monkeypatch, capsys):
     for extra, message in ((["--lane", "arith", "--arith_ops", "+/"], "--arith_ops: ops must be a non-empty string"),
                            (["--arith_ops", "+"], "--arith_ops applies to --lane arith only")):
-        command = [sys.executable, str(ROOT / "benchmarks" / "ood_hops.py"), "--model", str(tmp_path / "none"), *extra]
-        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
-        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+        code, stderr = ood_hops_main(monkeypatch, capsys, "--model", str(tmp_path / "none"), *extra)
+        assert code == 2 and message in stderr, stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_ood_hops_distractor_ranges_set_prompt_length_and_are_recorded(tmp_path):
     save_checkpoint(tmp_path / "model")
     lengths = {}
@@ -127,22 +145,44 @@ def test_ood_hops_distractor_ranges_set_prompt_length_and_are_recorded(tmp_path)
     assert lengths["3"] - lengths["0"] == 9 * 4
 
 
-def test_ood_hops_refuses_distractor_ranges_it_cannot_use(tmp_path):
+def test_ood_hops_refuses_distractor_ranges_it_cannot_use(tmp_path, monkeypatch, capsys):
     for extra, message in ((["--variant", "chain", "--distractors", "0", "0"], "apply to `shuffled` pointer prompts only"),
                            (["--distractors", "3", "1"], "num_distractors must satisfy 0 <= lo <= hi")):
-        command = [sys.executable, str(ROOT / "benchmarks" / "ood_hops.py"), "--model", str(tmp_path / "none"), *extra]
-        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
-        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+        code, stderr = ood_hops_main(monkeypatch, capsys, "--model", str(tmp_path / "none"), *extra)
+        assert code == 2 and message in stderr, stderr[-2000:]
 
 
-def test_ood_hops_refuses_hop_counts_past_the_loop_cap_and_max_loops_lifts_it(tmp_path):
+def test_ood_hops_refuses_hop_counts_past_the_loop_cap_and_max_loops_lifts_it(tmp_path, monkeypatch, capsys):
     save_checkpoint(tmp_path / "model")  # max_inference_loops 72: 72 hops need 73 loops
-    base = [sys.executable, str(ROOT / "benchmarks" / "ood_hops.py"), "--model", str(tmp_path / "model"),
-            "--variant", "chain", "--n", "4", "--out", str(tmp_path / "out")]
-    result = subprocess.run([*base, "--hops", "72"], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert result.returncode != 0 and "72 hops need 73 loops but the model stops at 72" in result.stderr
-    result = subprocess.run([*base, "--hops", "2", "--max_loops", "3"], capture_output=True, text=True, cwd=ROOT,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    base = ["--model", str(tmp_path / "model"), "--variant", "chain", "--n", "4", "--out", str(tmp_path / "out")]
+    code, stderr = ood_hops_main(monkeypatch, capsys, *base, "--hops", "72")
+    assert code != 0 and "72 hops need 73 loops but the model stops at 72" in stderr
+    code, stderr = ood_hops_main(monkeypatch, capsys, *base, "--hops", "2", "--max_loops", "3")
+    assert code == 0, stderr[-3000:]
     run = json.loads((tmp_path / "out" / "ood_hops.json").read_text())
     assert run["max_loops"] == 3 and run["per_hop"]["2"]["mean_loops"] <= 3
+
+
+def test_in_process_ood_hops_run_is_rendered_by_the_report(tmp_path, monkeypatch):
+    """The fast version of the end-to-end benchmark tests: ood_hops's `run` in this process, its figures rendered by
+    report.py into the section and under the label the JSON names."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import ood_hops
+    import report
+
+    save_checkpoint(tmp_path / "model")
+    per_hop = ood_hops.run(tmp_path / "model", "chain", [1, 2], 8, 8, ood_hops.BENCHMARK_SEED)
+    assert [row["n"] for row in per_hop.values()] == [8, 8]
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    run = {"command": "python benchmarks/ood_hops.py --model model", "label": "tiny untrained model",
+           "section": "ablations", "model": "model", "variant": "chain", "n": 8, "seed": ood_hops.BENCHMARK_SEED,
+           "per_hop": per_hop, "seconds": 1.0}
+    (docs / "ood_hops_tiny.json").write_text(json.dumps(run))
+    monkeypatch.setattr(sys, "argv", ["report.py", "--docs", str(docs), "--readme", str(tmp_path / "none.md")])
+    report.main()
+    tables = (docs / "results.md").read_text()
+    row = per_hop[2]
+    assert "### tiny untrained model" in tables.split("## Trained ablations")[1]
+    assert f"| 2 | {100 * row['answer_exact_match']:.1f} [" in tables
+

@@ -15,14 +15,7 @@ from safetensors.torch import load_file, save_file
 from recursive_latent import RecursiveLatentForCausalLM
 from tests.conftest import make_config
 from tests.test_remote_code import save_checkpoint
-from tests.test_trainer import ROOT, TINY, run_trainer
-
-
-def trainer(tmp_path, *args, config=TINY):
-    (tmp_path / "tiny.yaml").write_text(config)
-    return subprocess.run([sys.executable, str(ROOT / "trainers" / "rlf.py"), "--config", "tiny.yaml", *args],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+from tests.test_trainer import ROOT, TINY, refusal, run_trainer
 
 
 @pytest.mark.parametrize("args, config, message", [
@@ -38,18 +31,16 @@ def trainer(tmp_path, *args, config=TINY):
     (["--model.halt_velocity", "-1"], TINY, "`halt_velocity` must be a number > 0"),
     (["--output_dir", "/sys/rlf-run"], TINY, "is not writable"),
 ])
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, config, message):
-    result = trainer(tmp_path, "--output_dir", "out", *args, config=config)
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, args, config, message):
+    stderr = refusal(tmp_path, monkeypatch, capsys, "--output_dir", "out", *args, config=config)
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], stderr[-2000:]
     assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]
 
 
-def test_output_dir_that_is_a_file_is_refused(tmp_path):
+def test_output_dir_that_is_a_file_is_refused(tmp_path, monkeypatch, capsys):
     (tmp_path / "taken").write_text("mine")
-    result = trainer(tmp_path, "--output_dir", "taken")
-    assert result.returncode != 0 and "--output_dir taken is a file" in result.stderr
+    assert "--output_dir taken is a file" in refusal(tmp_path, monkeypatch, capsys, "--output_dir", "taken")
     assert (tmp_path / "taken").read_text() == "mine"
 
 
@@ -61,6 +52,7 @@ def test_latest_without_a_checkpoint_trains_from_scratch_and_says_so(tmp_path):
     assert (tmp_path / "new" / "final" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_resume_skips_half_written_checkpoints_and_ends_bit_identical(tmp_path):
     """A kill inside a checkpoint write leaves the staging folder, or (from a writer that was not atomic) a
     `checkpoint-N` without all its files: `latest` skips both, says why, and the resumed run ends exactly where an

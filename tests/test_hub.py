@@ -152,6 +152,7 @@ print("RESULT " + json.dumps({"lanes": [every_lane.lanes, one_lane.lanes], "ever
 """
 
 
+@pytest.mark.slow
 def test_lanes_push_with_the_checkpoint_or_one_by_one_and_pull_back(hub, pushed, tmp_path):
     model = RecursiveLatentForCausalLM.from_pretrained(pushed["final"]).eval()
     for lane in ("arith", "other"):

@@ -12,7 +12,7 @@ from dataset_scripts.hop_chains import make_example
 from dataset_scripts.tokenizer import build_tokenizer, task_words
 from recursive_latent import RecursiveLatentConfig, RecursiveLatentForCausalLM
 from tests.conftest import TINY_GPT2, make_config
-from tests.test_trainer import ROOT, run_trainer
+from tests.test_trainer import ROOT, run_trainer, train_in_process
 from trainers.rlf import DataArguments, HopChainStream
 
 
@@ -93,6 +93,22 @@ def test_bad_lanes_fail_clearly(tmp_path, batch):
     assert wider.lanes == ["pointer"]  # nothing was injected
 
 
+def test_in_process_lane_run_trains_only_the_adapter(tmp_path, monkeypatch, capsys):
+    """The fast version of the next test: a base model, then its `arith` adapter, a few steps each."""
+    short = ["--max_steps", "3", "--eval_strategy", "no", "--save_strategy", "no", "--model.backbone_mode", "full"]
+    train_in_process(tmp_path, monkeypatch, capsys, "--output_dir", "base", *short)
+    out = train_in_process(tmp_path, monkeypatch, capsys, "--output_dir", "arith", "--init_from", "base/final",
+                           "--lane", "arith", "--lane_r", "2", *short)
+    assert "trainable (lane `arith` adapter)" in out
+    before = load_file(tmp_path / "base" / "final" / "model.safetensors")
+    after = load_file(tmp_path / "arith" / "final" / "model.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    model = RecursiveLatentForCausalLM.from_pretrained(tmp_path / "arith" / "final")
+    assert model.lanes == ["pointer", "arith"]
+    assert any(p.abs().max() > 0 for name, p in model.named_parameters() if ".lora_B.arith." in name)
+
+
+@pytest.mark.slow
 def test_trainer_trains_a_lane_adapter_and_leaves_the_shared_weights_bit_identical(tmp_path):
     base = run_trainer(tmp_path, "--output_dir", str(tmp_path / "base"))
     assert base.returncode == 0, base.stderr[-3000:]

@@ -12,7 +12,7 @@ import yaml
 
 from recursive_latent.examples import ExampleError, load_examples, normalize_example
 from tests.test_remote_code import FRESH_PROCESS
-from tests.test_trainer import ROOT, TINY
+from tests.test_trainer import ROOT, TINY, refusal, train_in_process
 
 # A made-up task in words the hop chains never use: follow roads between invented towns.
 TOWNS = ("zorvik", "quellan", "mippa", "trasko", "bolune", "fendor", "gaxil", "hothra", "irrin", "jovel", "kesta",
@@ -67,28 +67,48 @@ def test_format_derives_the_trace_and_names_the_bad_example():
     ("[]", "holds no examples"),
     ('[{"question": "q", "steps": ["a b."]}]', "example 0: missing field `answer`"),
 ])
-def test_bad_files_fail_in_one_line_before_training(tmp_path, content, message):
+def test_bad_files_fail_in_one_line_before_training(tmp_path, monkeypatch, capsys, content, message):
     (tmp_path / "bad.json").write_text(content)
     with pytest.raises(ExampleError, match=message):
         load_examples(str(tmp_path / "bad.json"))
-    result = train(tmp_path, "--train_file", "bad.json", "--output_dir", "out")
-    assert result.returncode != 0 and message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    stderr = refusal(tmp_path, monkeypatch, capsys, "--train_file", "bad.json", "--output_dir", "out")
+    assert message in stderr and len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()  # nothing written
 
 
-def test_a_target_that_is_not_one_token_is_refused_with_the_word_and_example(tmp_path, pretrained_gpt2_dir):
+def test_a_target_that_is_not_one_token_is_refused_with_the_word_and_example(tmp_path, monkeypatch, capsys,
+                                                                              pretrained_gpt2_dir):
     # The local GPT-2 stand-in's BPE splits this made-up word; the word-level tokenizer would keep it whole.
     word = "zorvikquellan"
     rows = [{"question": "A = dog. What is A?", "steps": ["A = dog."], "answer": "dog"},
             {"question": f"Where is {word}?", "steps": [f"It is {word}."], "answer": word}]
     (tmp_path / "split.json").write_text(json.dumps(rows))
-    result = train(tmp_path, "--train_file", "split.json", "--backbone_name_or_path", str(pretrained_gpt2_dir),
-                   "--output_dir", "out")
-    assert result.returncode != 0
-    assert f"example 1: loop target '{word}' is not one token" in result.stderr and not (tmp_path / "out").exists()
+    stderr = refusal(tmp_path, monkeypatch, capsys, "--train_file", "split.json", "--backbone_name_or_path",
+                     str(pretrained_gpt2_dir), "--output_dir", "out")
+    assert f"example 1: loop target '{word}' is not one token" in stderr and not (tmp_path / "out").exists()
 
 
+def test_in_process_run_on_a_file(tmp_path, monkeypatch, capsys):
+    """The fast version of the next test: a few steps on a file, its vocabulary, its record, its evaluation."""
+    validation = write_task(tmp_path, train=60, validation=12)
+    out = train_in_process(tmp_path, monkeypatch, capsys, "--train_file", "train.jsonl", "--validation_file",
+                           "valid.json", "--output_dir", "run", "--max_steps", "4", "--eval_steps", "4",
+                           "--save_strategy", "no", "--pretrain_steps", "2", "--curriculum_start_hops", "1")
+    assert "[eval] step 4" in out
+    final = tmp_path / "run" / "final"
+    vocabulary = json.loads((final / "tokenizer.json").read_text())["model"]["vocab"]
+    assert set(TOWNS) <= set(vocabulary) and "dog" not in vocabulary
+    assert yaml.safe_load((final / "training_config.yaml").read_text())["data_source"]["train_examples"] == 60
+
+    from recursive_latent.evaluation import evaluate_examples
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(final, trust_remote_code=True)
+    figures = evaluate_examples(model, AutoTokenizer.from_pretrained(final), validation)
+    assert sum(row["n"] for row in figures["per_steps"].values()) == 12 and figures["unknown_word_examples"] == 0
+
+
+@pytest.mark.slow
 def test_train_on_a_file_benchmark_it_and_load_it_in_a_fresh_process(tmp_path):
     validation = write_task(tmp_path)
     result = train(tmp_path, "--train_file", "train.jsonl", "--validation_file", "valid.json", "--output_dir", "run",

@@ -79,6 +79,7 @@ def test_the_curriculum_grows_graphs_and_paths():
     assert sum(len(e["question"]) for e in last) > 4 * sum(len(e["question"]) for e in first)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (PROSQA / "prosqa_valid.json").is_file(), reason="the published ProsQA files are not beside the repo")
 def test_a_short_run_trains_on_generated_graphs_and_the_benchmark_scores_it(tmp_path):
     (tmp_path / "tiny.yaml").write_text(TINY_PROSQA)

@@ -126,6 +126,7 @@ def test_round_trip_with_remote_code_in_a_fresh_process(tmp_path):
     assert (torch.tensor(got["answer"]) - want.answer).abs().max() < 1e-5 and got["steps"] == want.steps.tolist()
 
 
+@pytest.mark.slow
 def test_short_training_refines_over_steps_and_halts_sooner_on_easy_examples(tmp_path):
     out = tmp_path / "ctr"
     result = subprocess.run(

@@ -75,7 +75,7 @@ def run_fresh(path, workdir=None, env=None):
     return json.loads(result.stdout.split("RESULT ")[-1])
 
 
-@pytest.mark.parametrize("design", ["latent", "sequence"])
+@pytest.mark.parametrize("design", ["latent", pytest.param("sequence", marks=pytest.mark.slow)])
 def test_auto_classes_load_remote_code_in_a_fresh_process(tmp_path, design):
     model, tokenizer = save_checkpoint(tmp_path / "ckpt", core_design=design)
     files = set(os.listdir(tmp_path / "ckpt"))

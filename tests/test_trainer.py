@@ -48,11 +48,62 @@ def run_trainer(tmp_path, *args, launcher=None, timeout=600, env=None):
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=timeout)
 
 
+def refusal(tmp_path, monkeypatch, capsys, *args, config=TINY):
+    """Run `trainers/rlf.py`'s `main` in this process (no interpreter start-up: a refusal takes milliseconds) on
+    `args` after `--config tiny.yaml`, in `tmp_path`; it must refuse. Returns what the user reads on stderr."""
+    from trainers.rlf import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(config)
+    config_args = [] if "--config" in args else ["--config", "tiny.yaml"]
+    with pytest.raises(SystemExit) as refused:
+        main([*config_args, *args])
+    code = refused.value.code
+    assert code not in (0, None)
+    # A parser error prints itself and exits 2; a setup error is SystemExit("error: ..."), printed by Python at exit.
+    return capsys.readouterr().err + (code if isinstance(code, str) else "")
+
+
+def train_in_process(tmp_path, monkeypatch, capsys, *args, config=TINY, script="rlf"):
+    """Run `trainers/<script>.py`'s `main` in this process (the fast versions of the end-to-end tests: no interpreter
+    start-up, same code path) in `tmp_path`, on one thread; returns what it printed."""
+    import importlib
+
+    main = importlib.import_module(f"trainers.{script}").main
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        main(["--config", "tiny.yaml", *args])
+    finally:
+        torch.set_num_threads(threads)
+    return capsys.readouterr().out
+
+
 def losses(trainer_state_path):
     history = json.loads(Path(trainer_state_path).read_text())["log_history"]
     return [entry["loss"] for entry in history if "loss" in entry]
 
 
+def test_in_process_run_saves_and_resumes_exactly(tmp_path, monkeypatch, capsys):
+    """The fast version of the next test: a few steps, a checkpoint, a resume from it that ends bit-identical."""
+    short = ["--max_steps", "6", "--save_steps", "3", "--eval_steps", "3", "--pretrain_steps", "2"]
+    out = train_in_process(tmp_path, monkeypatch, capsys, "--output_dir", "run", *short)
+    assert "[eval] step 6" in out and "[done] final checkpoint in run/final" in out
+    final = tmp_path / "run" / "final"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "training_config.yaml"} <= set(os.listdir(final))
+    shutil.copytree(tmp_path / "run", tmp_path / "resumed")
+    for name in ("checkpoint-6", "final"):
+        shutil.rmtree(tmp_path / "resumed" / name)
+    out = train_in_process(tmp_path, monkeypatch, capsys, "--output_dir", "resumed", *short,
+                           "--resume_from_checkpoint", "latest")
+    assert "[resume] from resumed/checkpoint-3" in out
+    a, b = load_file(final / "model.safetensors"), load_file(tmp_path / "resumed" / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.mark.slow
 def test_short_run_learns_saves_loads_and_resumes(tmp_path):
     out = tmp_path / "run"
     result = run_trainer(tmp_path, "--output_dir", str(out))
@@ -124,15 +175,21 @@ def test_two_process_data_parallel_keeps_ranks_identical(tmp_path):
         (lambda tmp: None, ["--output_dir", "new", "--mix_arith", "0.5", "--lane", "arith"], "does not apply"),
     ],
 )
-def test_bad_input_fails_before_training(tmp_path, setup, args, message):
+def test_bad_input_fails_before_training(tmp_path, monkeypatch, capsys, setup, args, message):
     setup(tmp_path)
-    config = [] if "--config" in args else ["--config", str(tmp_path / "tiny.yaml")]
+    stderr = refusal(tmp_path, monkeypatch, capsys, *args)
+    assert message in stderr
+    assert "it/s" not in stderr  # failed before any training step
+
+
+def test_the_command_line_refuses_in_one_line(tmp_path):
+    """The same refusal through the real command line: one line on stderr, exit code 2, nothing written."""
     (tmp_path / "tiny.yaml").write_text(TINY)
-    result = subprocess.run([sys.executable, str(ROOT / "trainers" / "rlf.py"), *config, *args],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert result.returncode != 0
-    assert message in result.stderr
-    assert "it/s" not in result.stderr  # failed before any training step
+    result = subprocess.run([sys.executable, str(ROOT / "trainers" / "rlf.py"), "--config", "tiny.yaml", "--output_dir",
+                             "out", "--ema_decay", "1.5"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and not (tmp_path / "out").exists()
+    assert result.stderr.strip().splitlines() == [
+        "rlf.py: error: --ema_decay must be between 0 and 1 (got 1.5) (--help lists every option)"]
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
@@ -161,6 +218,7 @@ def test_ema_weights_are_evaluated_and_saved_while_checkpoints_keep_the_raw_weig
     assert any(not torch.allclose(raw[key], ema[key]) for key in ema)
 
 
+@pytest.mark.slow
 def test_lora_continues_a_frozen_checkpoint_on_prompts_past_the_position_table(tmp_path):
     """The frozen recipe's stages: a frozen run, then LoRA added with --init_from. With backbone_positions false the
     backbone reads prompts longer than its 128 positions (16 distractor chains here: well over 128 tokens)."""
