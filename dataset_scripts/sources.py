@@ -34,21 +34,22 @@ def parse_prompt_stage(stage):
 
 
 class HopChainStream(torch.utils.data.Dataset):
-    """Fresh training examples made on the fly: example `i` depends only on (seed, i, current max hops), so a
-    resumed run sees the same data in the same order. `max_hops` is raised by the curriculum; `data_args.prompt_stages`
-    lengthen the prompts from a fraction `i / size` of the stream on."""
+    """Fresh training examples made on the fly: example `i` depends only on (seed, i, current max hops, prompt stage),
+    so a resumed run sees the same data in the same order. `max_hops` is raised by the curriculum; `progress` (the
+    share of training steps done, set by `trainers.checkpoints.PromptStageCallback`) selects the `prompt_stages`
+    reached. The stage follows the steps, not the index, because the Trainer's sampler shuffles the indices."""
 
     def __init__(self, data_args, words, size, seed, max_hops, fixed_hops=None, extra_loops=0):
         self.data_args, self.size, self.seed, self.max_hops, self.fixed_hops = data_args, size, seed, max_hops, fixed_hops
         self.options = {lane: example_kwargs(data_args, words, lane) for lane in LANES}
-        self.extra_loops = extra_loops
+        self.extra_loops, self.progress = extra_loops, 0.0
         stages = getattr(data_args, "prompt_stages", []) if fixed_hops is None else []
         self.stages = [(start, dict(self.options["pointer"], num_distractors=distractors, distractor_hops=hops))
                        for start, distractors, hops in map(parse_prompt_stage, stages)]
 
-    def pointer_options(self, index):
-        """The pointer lane's options for example `index`: the latest prompt stage it has reached, if any."""
-        reached = [options for start, options in self.stages if index >= start * self.size]
+    def pointer_options(self):
+        """The pointer lane's options now: the latest prompt stage training has reached, if any."""
+        reached = [options for start, options in self.stages if self.progress >= start]
         return reached[-1] if reached else self.options["pointer"]
 
     def __len__(self):
@@ -62,7 +63,7 @@ class HopChainStream(torch.utils.data.Dataset):
         if args.lane == "arith" or (args.mix_arith and rng.random() < args.mix_arith):
             example = make_arith_example(rng, hops, **self.options["arith"])
         else:
-            example = make_example(rng, hops, variant=args.variant, **self.pointer_options(index))
+            example = make_example(rng, hops, variant=args.variant, **self.pointer_options())
         if self.extra_loops:
             example["extra_loops"] = rng.randint(0, self.extra_loops)
         return example

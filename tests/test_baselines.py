@@ -65,6 +65,7 @@ def test_in_process_token_recurrence_run(tmp_path, monkeypatch, capsys):
     assert "token recurrence on a gpt2 backbone" in out
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "cot" / "final", trust_remote_code=True).eval()
     assert type(model).__name__ == "RecursiveLatentTokenLM" and model.binding is not None
+    assert [path.name for path in (tmp_path / "cot").iterdir()] == ["final"]  # written whole, no staging left
     figures = evaluate_examples(model, build_tokenizer(), generate_examples(4, hops=2, seed=9))
     assert figures["per_steps"][2]["n"] == 4
 

@@ -424,3 +424,26 @@ def test_a_pretrained_tokenizer_supervises_only_its_one_token_words(pretrained_g
     split_name = next(name for name in VARIABLE_NAMES if name not in words["names"])
     with pytest.raises(ValueError, match=f"loop target '{split_name}' is not one token"):
         LoopLabelCollator(tokenizer)([{**examples[0], "trace": [split_name]}])
+
+
+def test_prompt_stages_follow_the_training_steps_not_the_shuffled_index():
+    from transformers import TrainerControl, TrainerState
+
+    from trainers.checkpoints import PromptStageCallback
+    from trainers.rlf import DataArguments, HopChainStream
+
+    data_args = DataArguments(prompt_stages=["0.5:12-12:6-6"])
+    stream = HopChainStream(data_args, task_words(build_tokenizer()), size=100, seed=0, max_hops=3)
+    callback = PromptStageCallback(stream)
+    state = TrainerState(max_steps=10)
+
+    def statements(index):
+        return stream[index]["question"].count("=")
+
+    state.global_step = 4  # before the stage: every index, even the last ones, draws the short prompts
+    callback.on_step_begin(None, state, TrainerControl())
+    short = [statements(i) for i in (0, 60, 99)]
+    assert max(short) <= 3 * 5 + 3  # 1-3 distractor chains of 1-5 hops, plus the 3-hop chain itself
+    state.global_step = 5  # the stage starts at half the steps: the first indices draw long prompts too
+    callback.on_step_begin(None, state, TrainerControl())
+    assert min(statements(i) for i in (0, 60, 99)) >= 12 * 6 + 1  # 12 distractor chains of 6 hops, plus the chain

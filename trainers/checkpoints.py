@@ -163,6 +163,17 @@ class CurriculumCallback(TrainerCallback):
         self.dataset.max_hops, self.correct, self.count = state["max_hops"], state["correct"], state["count"]
 
 
+class PromptStageCallback(TrainerCallback):
+    """Tells a generator stream how far training has come, so `--prompt_stages` lengthen its prompts at their share
+    of the steps. Read from the step counter, it needs no state of its own in a checkpoint."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.dataset.progress = state.global_step / state.max_steps
+
+
 class WeightEMA(TrainerCallback):
     """Exponential moving average of the trainable weights, updated after every optimizer step. Evaluation and
     the final checkpoint use the average; `checkpoint-*` keep the raw weights (to resume) plus `ema.safetensors`."""

@@ -104,7 +104,7 @@ def evaluate_refiner(model, data, max_steps=None, threshold=None):
     halted_cosine = F.cosine_similarity(out.answer, batch["target"], dim=-1)
     trace_cosine = F.cosine_similarity(out.trace, batch["target"][:, None], dim=-1)
     difficulty = torch.stack([row["difficulty"] for row in rows])
-    quartiles = torch.quantile(difficulty, torch.tensor([0.25, 0.5, 0.75]))
+    quartiles = torch.quantile(difficulty, torch.tensor([0.25, 0.5, 0.75], device=difficulty.device))
     bucket = torch.bucketize(difficulty, quartiles)
     return {
         "cosine_per_step": cosine.mean(0).tolist(),

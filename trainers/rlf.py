@@ -53,8 +53,8 @@ from trainers.arguments import (  # noqa: E402
     DataArguments, ModelArguments, RecursionArguments, RunArguments, command_line, parse_arguments,
 )
 from trainers.checkpoints import (  # noqa: E402
-    STAGING_DIR, CurriculumCallback, WeightEMA, commit_directory, drop_old_checkpoints, resolve_resume,
-    write_train_results,
+    STAGING_DIR, CurriculumCallback, PromptStageCallback, WeightEMA, commit_directory, drop_old_checkpoints,
+    resolve_resume, write_train_results,
 )
 
 __all__ = ["DataArguments", "HopChainStream", "ModelArguments", "RecursionArguments", "main"]
@@ -490,7 +490,8 @@ def train_core(run):
                                  extra_loops=recursion.extra_loops)
     curriculum = CurriculumCallback(train_data, recursion, final_hops) if recursion.curriculum else None
     ema = WeightEMA(model, recursion.ema_decay) if recursion.ema_decay else None
-    callbacks = [callback for callback in (curriculum, ema) if callback is not None]
+    stages = PromptStageCallback(train_data) if getattr(train_data, "stages", None) else None
+    callbacks = [callback for callback in (curriculum, ema, stages) if callback is not None]
     if recursion.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(recursion.early_stopping_patience))
     if run.resume:

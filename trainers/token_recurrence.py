@@ -13,6 +13,7 @@ checkpoint. Every trace element must be one word (ProsQA: `--prosqa_supervision 
 """
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ if __package__ in (None, ""):  # run as `python trainers/token_recurrence.py`: m
 from recursive_latent.examples import HALT_TOKEN  # noqa: E402
 from recursive_latent import RecursiveLatentTokenLM, RecursiveLatentTokenLMConfig  # noqa: E402
 from trainers.arguments import command_line, parse_arguments  # noqa: E402
-from trainers.checkpoints import CurriculumCallback, write_train_results  # noqa: E402
+from trainers.checkpoints import STAGING_DIR, CurriculumCallback, commit_directory, write_train_results  # noqa: E402
 from trainers.rlf import RLFTrainer, final_stage, setup, training_stream  # noqa: E402
 
 
@@ -98,14 +99,18 @@ def main(argv=None):
     train_output = trainer.train(resume_from_checkpoint=run.resume)
     final = os.path.join(training.output_dir, "final")
     if trainer.is_world_process_zero():
-        model.save_pretrained(final)
-        run.tokenizer.save_pretrained(final)
+        staged = Path(training.output_dir, STAGING_DIR, "final")  # written whole, then renamed into place
+        shutil.rmtree(staged, ignore_errors=True)
+        model.save_pretrained(staged)
+        run.tokenizer.save_pretrained(staged)
         run_config = {"command": command_line("token_recurrence.py", args.argv), "model": vars(args.model),
                       "model_config": args.model_config, "data": vars(args.data), "data_source": run.data_source,
                       "recursion": vars(recursion), "config_file": args.config_path, "seed": training.seed,
                       "baseline": "token_recurrence"}
-        Path(final, "training_config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
-        write_train_results(final, train_output, train_data)
+        Path(staged, "training_config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
+        write_train_results(staged, train_output, train_data)
+        commit_directory(staged, final)
+        shutil.rmtree(staged.parent)
         print(f"[done] final checkpoint in {final}")
 
 
