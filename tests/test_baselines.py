@@ -1,5 +1,6 @@
 """The token-recurrence baseline: its collator, greedy decoding as `reason()`, and a short end-to-end run."""
 
+import json
 import subprocess
 import sys
 
@@ -68,6 +69,20 @@ def test_in_process_token_recurrence_run(tmp_path, monkeypatch, capsys):
     assert [path.name for path in (tmp_path / "cot").iterdir()] == ["final"]  # written whole, no staging left
     figures = evaluate_examples(model, build_tokenizer(), generate_examples(4, hops=2, seed=9))
     assert figures["per_steps"][2]["n"] == 4
+
+
+def test_token_recurrence_resumes_with_its_curriculum_stage(tmp_path, monkeypatch, capsys):
+    """A resumed baseline continues the curriculum stage its checkpoint holds (it used to restart at the first
+    stage), and needs no weight average it never writes."""
+    short = ["--max_steps", "2", "--save_steps", "2", "--eval_strategy", "no", "--ema_decay", "0.99"]
+    train_in_process(tmp_path, monkeypatch, capsys, "--output_dir", "cot", *short, script="token_recurrence")
+    state = tmp_path / "cot" / "checkpoint-2" / "curriculum.json"
+    assert json.loads(state.read_text())["max_hops"] == 2  # the tiny run never leaves the first stage
+    state.write_text(json.dumps({"max_hops": 4, "correct": 0, "count": 0}))
+    out = train_in_process(tmp_path, monkeypatch, capsys, "--output_dir", "cot", *short[2:], "--max_steps", "3",
+                           "--resume_from_checkpoint", "latest", script="token_recurrence")
+    assert "[resume] from cot/checkpoint-2" in out
+    assert json.loads((tmp_path / "cot" / "final" / "train_results.json").read_text())["trained_max_hops"] == 4
 
 
 @pytest.mark.slow

@@ -75,6 +75,9 @@ def main(argv=None):
     if recursion.core_optimizer == "muon":  # default.yaml's choice; Muon steps a looped core, which this model lacks
         print("[optimizer] the token-recurrence baseline has no looped core: AdamW on every weight")
         recursion.core_optimizer = "adamw"
+    if recursion.ema_decay:  # so that a resume does not wait for an ema.safetensors this trainer never writes
+        print("[ema] the token-recurrence baseline keeps no weight average: --ema_decay is ignored")
+        recursion.ema_decay = 0.0
     training.remove_unused_columns = False
     run = setup(args)  # the data, the tokenizer and every check, as for the looped model
     # The looped model's config (backbone, binding conv, tokenizer ids), as the baseline's own type; no stage 1: the
@@ -89,6 +92,8 @@ def main(argv=None):
     size = training.max_steps * training.per_device_train_batch_size * training.world_size
     train_data = training_stream(run, size, seed=training.seed, max_hops=start_hops, curriculum=recursion.curriculum)
     curriculum = CurriculumCallback(train_data, recursion, final_hops) if recursion.curriculum else None
+    if curriculum is not None and run.resume:
+        curriculum.restore(run.resume)
     print(f"[model] token recurrence on a {config.backbone_type} backbone, "
           f"{sum(p.numel() for p in model.parameters()):,} parameters, all trained")
     trainer = TokenRecurrenceTrainer(
