@@ -11,6 +11,7 @@ DIR/depth_sweep.json: the command, the model and the wall time), then DIR/depth_
 import argparse
 import csv
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -101,7 +102,7 @@ def main():
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    run = {"command": " ".join(["python", "benchmarks/depth_sweep.py", *sys.argv[1:]]), "model": args.model,
+    run = {"command": shlex.join(["python", "benchmarks/depth_sweep.py", *sys.argv[1:]]), "model": args.model,
            "seconds": time.perf_counter() - start}
     (out / "depth_sweep.json").write_text(json.dumps(run, indent=2))
     plot(csv_path, out / "depth_sweep.png")

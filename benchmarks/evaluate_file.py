@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import json
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -60,7 +61,7 @@ def main():
           f"{result['untargetable_examples']} examples have a trace word the tokenizer cannot write as one token")
     data_file = Path(args.data)
     results = {
-        "command": " ".join(["python", "benchmarks/evaluate_file.py", *sys.argv[1:]]),
+        "command": shlex.join(["python", "benchmarks/evaluate_file.py", *sys.argv[1:]]),
         "model": str(args.model), "data": str(args.data), "split": args.split if not data_file.is_file() else None,
         "data_sha256": hashlib.sha256(data_file.read_bytes()).hexdigest() if data_file.is_file() else None,
         "n": len(examples), "seed": args.seed, "max_loops": args.max_loops, **training_record(args.model),

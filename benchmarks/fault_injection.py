@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -146,7 +147,7 @@ def main():
                   f"max |diff| {record['max_abs_weight_difference']}")
     inside = sum(t["inside_checkpoint_write"] for t in trials)
     results = {
-        "command": " ".join(["python", "benchmarks/fault_injection.py", *sys.argv[1:]]),
+        "command": shlex.join(["python", "benchmarks/fault_injection.py", *sys.argv[1:]]),
         "seed": args.seed, "trials": args.trials, "uninterrupted_run_seconds": round(horizon, 2),
         "kills_inside_checkpoint_writes": inside, "kills_between_writes": args.trials - inside,
         "resumed_identical": sum(t["identical"] for t in trials),

@@ -20,6 +20,7 @@ import argparse
 import json
 import platform
 import resource
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -158,7 +159,7 @@ def main():
     per_hop = run(args.model, args.variant, args.hops, args.n, args.batch_size, args.seed, args.lane, args.arith_ops,
                   args.shared_only, distractor_options, args.max_loops)
     results = {
-        "command": " ".join(["python", "benchmarks/ood_hops.py", *sys.argv[1:]]),
+        "command": shlex.join(["python", "benchmarks/ood_hops.py", *sys.argv[1:]]),
         "label": args.label, "section": args.section,
         "model": str(args.model), "lane": args.lane, "variant": "chain" if args.lane == "arith" else args.variant,
         "arith_ops": args.arith_ops, "shared_only": args.shared_only,

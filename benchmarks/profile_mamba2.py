@@ -108,7 +108,7 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {
-        "command": " ".join(["python", "benchmarks/profile_mamba2.py", *map(shlex.quote, sys.argv[1:])]),
+        "command": shlex.join(["python", "benchmarks/profile_mamba2.py", *sys.argv[1:]]),
         "threads": args.threads, "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds,
         "seed": args.seed, "variants": rows,
         "profiled_variant": variants[0] or "(config)",

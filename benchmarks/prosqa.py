@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import json
 import platform
+import shlex
 import sys
 import time
 from collections import defaultdict
@@ -136,7 +137,7 @@ def main():
         deep_figures = score(model, tokenizer, deep, args.batch_size)
         show("deep", deep_figures)
     results = {
-        "command": " ".join(["python", "benchmarks/prosqa.py", *sys.argv[1:]]), "label": args.label, "order": args.order,
+        "command": shlex.join(["python", "benchmarks/prosqa.py", *sys.argv[1:]]), "label": args.label, "order": args.order,
         "model": str(args.model), "data": str(args.data),
         "data_sha256": hashlib.sha256(data_file.read_bytes()).hexdigest(), "n": len(examples),
         "deep_n": args.deep_n, "deep_seed": args.deep_seed, "deep_options": DEEP_OPTIONS,

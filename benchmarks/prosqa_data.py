@@ -12,6 +12,7 @@ DIR/prosqa_data.json.
 import argparse
 import json
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -104,7 +105,7 @@ def main():
           f"deep: {1000 * deep_seconds / args.deep_n:.3f} s per 1,000")
 
     results = {
-        "command": " ".join(["python", "benchmarks/prosqa_data.py", *sys.argv[1:]]),
+        "command": shlex.join(["python", "benchmarks/prosqa_data.py", *sys.argv[1:]]),
         "data_dir": str(args.data_dir), "n": args.n, "deep_n": args.deep_n, "seed": args.seed,
         "deep_options": DEEP_OPTIONS,
         "statistics": columns,

@@ -273,6 +273,28 @@ def ctr_table(path):
 PROSQA_PUBLISHED = {"Coconut": 97.0, "iCoT": 98.2, "CoT": 77.5, "no-CoT": 76.7, "pause tokens": 75.9}
 
 
+def robustness_tables(docs):
+    """`fault_injection.json` (kills during training, then resumes) and `profile_mamba2*.json` (ms per training step
+    of config variants), one table each, when present."""
+    lines = []
+    faults = docs / "fault_injection.json"
+    if faults.is_file():
+        r = json.loads(faults.read_text())
+        lines += ["## Fault injection", "",
+                  f"{code(r['command'])}: the trainer killed (SIGKILL) at {r['trials']} random moments of a tiny run, "
+                  f"{r['kills_inside_checkpoint_writes']} of them inside a checkpoint write, then resumed with "
+                  f"`--resume_from_checkpoint latest`: **{r['resumed_identical']} of {r['trials']}** ended with weights "
+                  f"identical to the uninterrupted run (max abs diff 0), {r['resume_failures']} resume failures.", ""]
+    for path in sorted(docs.glob("profile_mamba2*.json")):
+        r = json.loads(path.read_text())
+        lines += [f"## Mamba2 training step (`{path.name}`)", "", f"{code(r['command'])} ({r['threads']} threads, batch "
+                  f"{r['batch_size']}, variants timed interleaved):", "", "| variant | ms per step (median) |", "|---|---|"]
+        lines += [f"| {code(variant)} | {row['ms_per_step_median']:.1f} |" for variant, row in r["variants"].items()]
+        lines += ["", "Top operators of `" + r["profiled_variant"] + "` (self CPU share): " + ", ".join(
+            f"`{op['op']}` {100 * op['share']:.1f}%" for op in r["top_ops_self_cpu"][:6]) + ".", ""]
+    return lines
+
+
 def prosqa_tables(docs):
     """One row per `docs/prosqa_*.json` (written by benchmarks/prosqa.py; `label` says what the run is): accuracy,
     path validity and `<HALT>` over the whole split, then deeper generated graphs, each with its 95% interval."""
@@ -390,6 +412,7 @@ def main():
         for path, _, label, _ in section_runs:
             lines += ood_table(path, label) + [""]
     lines += prosqa_tables(docs)
+    lines += robustness_tables(docs)
     renderers = {"inference_ablations_default.json": ablation_tables, "depth_sweep_default.csv": depth_sweep_table,
                  "throughput_default.json": throughput_tables} | dict.fromkeys(ctr_files(docs), ctr_table)
     for pattern, render in (("inference_ablations_*.json", ablation_tables), ("depth_sweep_*.csv", depth_sweep_table),
