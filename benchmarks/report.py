@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # looped model trained with it too; the Mamba2 default (no curriculum) is in the "Mamba2 backbone" table.
 BASELINE_PANELS = {
     "GPT-2 backbone (default)": ["ood_hops_default.json", "ood_hops_baseline_no_loop.json",
-                                 "ood_hops_baseline_fixed_depth.json", "ood_hops_baseline_cot.json"],
+                                 "ood_hops_baseline_fixed_depth.json", "ood_hops_baseline_cot_conv.json"],
     "Mamba2 backbone (all four with the hop curriculum)": [
         "ood_hops_mamba2_curriculum.json", "ood_hops_mamba2_baseline_no_loop.json",
         "ood_hops_mamba2_baseline_fixed_depth.json", "ood_hops_mamba2_baseline_cot.json"],
