@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Mamba2Config, Mamba2ForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, Mamba2Config, Mamba2ForCausalLM
 
 from dataset_scripts.hop_chains import generate_examples
 from dataset_scripts.tokenizer import HALT_TOKEN, build_tokenizer
@@ -67,6 +67,7 @@ def test_in_process_token_recurrence_run(tmp_path, monkeypatch, capsys):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "cot" / "final", trust_remote_code=True).eval()
     assert type(model).__name__ == "RecursiveLatentTokenLM" and model.binding is not None
     assert [path.name for path in (tmp_path / "cot").iterdir()] == ["final"]  # written whole, no staging left
+    assert AutoTokenizer.from_pretrained(tmp_path / "cot" / "final").model_max_length == 128  # the tiny backbone's
     figures = evaluate_examples(model, build_tokenizer(), generate_examples(4, hops=2, seed=9))
     assert figures["per_steps"][2]["n"] == 4
 

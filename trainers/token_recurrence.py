@@ -107,6 +107,7 @@ def main(argv=None):
         staged = Path(training.output_dir, STAGING_DIR, "final")  # written whole, then renamed into place
         shutil.rmtree(staged, ignore_errors=True)
         model.save_pretrained(staged)
+        run.tokenizer.model_max_length = config.max_prompt_tokens or int(1e30)  # what the model reads, as rlf.py
         run.tokenizer.save_pretrained(staged)
         run_config = {"command": command_line("token_recurrence.py", args.argv), "model": vars(args.model),
                       "model_config": args.model_config, "data": vars(args.data), "data_source": run.data_source,
