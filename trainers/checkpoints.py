@@ -99,6 +99,28 @@ def commit_directory(staged, target):
         os.close(descriptor)
 
 
+@contextmanager
+def writing_final(output_dir, main_process=True):
+    """Yields the staging folder of `<output_dir>/final`; the main process renames it into place once the block has
+    written everything, so a kill mid-write leaves the previous `final` (or none), never half of one."""
+    final_dir = Path(output_dir, "final")
+    staged = Path(output_dir, STAGING_DIR, "final")
+    if main_process:  # only the process that writes: another rank clearing it late would delete what was written
+        shutil.rmtree(staged, ignore_errors=True)
+    yield staged
+    if main_process:
+        commit_directory(staged, final_dir)
+        shutil.rmtree(staged.parent)  # the staging folder: empty once everything is in place
+        print(f"[done] final checkpoint in {final_dir}")
+
+
+def save_tokenizer(tokenizer, config, folder):
+    """The tokenizer, its `model_max_length` what the model reads, so that `truncation=True` gives a prompt the model
+    accepts (the tokenizer cuts on the left)."""
+    tokenizer.model_max_length = config.max_prompt_tokens or int(1e30)
+    tokenizer.save_pretrained(folder)
+
+
 def drop_old_checkpoints(output_dir, limit, keep=None):
     """`save_total_limit`: remove the oldest checkpoints, each renamed into the staging folder first so that a kill
     mid-removal never leaves a half-deleted `checkpoint-N` behind."""

@@ -54,7 +54,7 @@ from trainers.arguments import (  # noqa: E402
 )
 from trainers.checkpoints import (  # noqa: E402
     STAGING_DIR, CurriculumCallback, PromptStageCallback, WeightEMA, commit_directory, drop_old_checkpoints,
-    resolve_resume, write_train_results,
+    resolve_resume, save_tokenizer, write_train_results, writing_final,
 )
 
 __all__ = ["DataArguments", "HopChainStream", "ModelArguments", "RecursionArguments", "main"]
@@ -451,6 +451,21 @@ def final_stage(run):
     return longest_trace(run.args.data, run.train_examples)
 
 
+def core_training_data(run, **options):
+    """Stage 2's training data and its hop curriculum (None without one), the curriculum restored from the checkpoint
+    a run resumes."""
+    args, recursion = run.training, run.recursion
+    final_hops = final_stage(run)
+    start_hops = min(recursion.curriculum_start_hops, final_hops) if recursion.curriculum else final_hops
+    size = args.max_steps * args.per_device_train_batch_size * args.world_size
+    train_data = training_stream(run, size, seed=args.seed, max_hops=start_hops, curriculum=recursion.curriculum,
+                                 **options)
+    curriculum = CurriculumCallback(train_data, recursion, final_hops) if recursion.curriculum else None
+    if curriculum is not None and run.resume:
+        curriculum.restore(run.resume)
+    return train_data, curriculum
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Stage 1, stage 2, save
 # ----------------------------------------------------------------------------------------------------------------
@@ -483,21 +498,14 @@ def pretrain_backbone(run):
 def train_core(run):
     """Stage 2: the looped core (and a `full` backbone) under loop supervision. Returns the trainer and its output."""
     args, recursion, data_args, model = run.training, run.recursion, run.args.data, run.model
-    final_hops = final_stage(run)
-    start_hops = min(recursion.curriculum_start_hops, final_hops) if recursion.curriculum else final_hops
-    size = args.max_steps * args.per_device_train_batch_size * args.world_size
-    train_data = training_stream(run, size, seed=args.seed, max_hops=start_hops, curriculum=recursion.curriculum,
-                                 extra_loops=recursion.extra_loops)
-    curriculum = CurriculumCallback(train_data, recursion, final_hops) if recursion.curriculum else None
+    train_data, curriculum = core_training_data(run, extra_loops=recursion.extra_loops)
     ema = WeightEMA(model, recursion.ema_decay) if recursion.ema_decay else None
     stages = PromptStageCallback(train_data) if getattr(train_data, "stages", None) else None
     callbacks = [callback for callback in (curriculum, ema, stages) if callback is not None]
     if recursion.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(recursion.early_stopping_patience))
-    if run.resume:
-        for state in (curriculum, ema):
-            if state is not None:
-                state.restore(run.resume)
+    if run.resume and ema is not None:
+        ema.restore(run.resume)
 
     if args.process_index == 0:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -529,25 +537,19 @@ def run_record(run):
 
 def save_final(run, trainer, train_output, train_data):
     """`<output_dir>/final`, written whole in the staging folder and renamed into place: the (EMA) weights, the
-    tokenizer (its `model_max_length` what the model reads), the run's record, its results and the model card."""
-    final_dir = Path(run.training.output_dir, "final")
-    staged = Path(run.training.output_dir, STAGING_DIR, "final")
-    shutil.rmtree(staged, ignore_errors=True)
-    with trainer.averaged_weights():
-        trainer.save_model(str(staged))
-    if not trainer.is_world_process_zero():
-        return final_dir
-    (staged / "training_args.bin").unlink(missing_ok=True)  # pickled and redundant with training_config.yaml
-    # What the model reads, so that `truncation=True` gives a prompt it accepts (the tokenizer cuts on the left).
-    run.tokenizer.model_max_length = run.model.config.max_prompt_tokens or int(1e30)
-    run.tokenizer.save_pretrained(staged)
-    Path(staged, "training_config.yaml").write_text(Path(run.training.output_dir, "training_config.yaml").read_text())
-    write_train_results(staged, train_output, train_data)
-    write_model_card(staged, location=final_dir)
-    commit_directory(staged, final_dir)
-    shutil.rmtree(staged.parent)  # the staging folder: empty once everything is in place
-    print(f"[done] final checkpoint in {final_dir}")
-    return final_dir
+    tokenizer, the run's record, its results and the model card."""
+    output_dir = run.training.output_dir
+    main_process = trainer.is_world_process_zero()
+    with writing_final(output_dir, main_process) as staged:
+        with trainer.averaged_weights():
+            trainer.save_model(str(staged))
+        if main_process:
+            (staged / "training_args.bin").unlink(missing_ok=True)  # pickled and redundant with training_config.yaml
+            save_tokenizer(run.tokenizer, run.model.config, staged)
+            Path(staged, "training_config.yaml").write_text(Path(output_dir, "training_config.yaml").read_text())
+            write_train_results(staged, train_output, train_data)
+            write_model_card(staged, location=Path(output_dir, "final"))
+    return Path(output_dir, "final")
 
 
 def push_final(run, final_dir):

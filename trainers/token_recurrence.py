@@ -12,8 +12,6 @@ one generated token per step, as the looped core names one step per loop; the be
 checkpoint. Every trace element must be one word (ProsQA: `--prosqa_supervision steps`, the published path).
 """
 
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -27,8 +25,8 @@ if __package__ in (None, ""):  # run as `python trainers/token_recurrence.py`: m
 from recursive_latent.examples import HALT_TOKEN  # noqa: E402
 from recursive_latent import RecursiveLatentTokenLM, RecursiveLatentTokenLMConfig  # noqa: E402
 from trainers.arguments import command_line, parse_arguments  # noqa: E402
-from trainers.checkpoints import STAGING_DIR, CurriculumCallback, commit_directory, write_train_results  # noqa: E402
-from trainers.rlf import RLFTrainer, final_stage, setup, training_stream  # noqa: E402
+from trainers.checkpoints import save_tokenizer, write_train_results, writing_final  # noqa: E402
+from trainers.rlf import RLFTrainer, core_training_data, setup  # noqa: E402
 
 
 def path_text_collator(tokenizer):
@@ -87,13 +85,7 @@ def main(argv=None):
     torch.manual_seed(training.seed)
     model = RecursiveLatentTokenLM(config)
     model.generation_config.pad_token_id = run.tokenizer.pad_token_id
-    final_hops = final_stage(run)
-    start_hops = min(recursion.curriculum_start_hops, final_hops) if recursion.curriculum else final_hops
-    size = training.max_steps * training.per_device_train_batch_size * training.world_size
-    train_data = training_stream(run, size, seed=training.seed, max_hops=start_hops, curriculum=recursion.curriculum)
-    curriculum = CurriculumCallback(train_data, recursion, final_hops) if recursion.curriculum else None
-    if curriculum is not None and run.resume:
-        curriculum.restore(run.resume)
+    train_data, curriculum = core_training_data(run)
     print(f"[model] token recurrence on a {config.backbone_type} backbone, "
           f"{sum(p.numel() for p in model.parameters()):,} parameters, all trained")
     trainer = TokenRecurrenceTrainer(
@@ -102,23 +94,16 @@ def main(argv=None):
         callbacks=[curriculum] if curriculum else [], recursion_args=recursion, curriculum=curriculum,
     )
     train_output = trainer.train(resume_from_checkpoint=run.resume)
-    final = os.path.join(training.output_dir, "final")
-    if trainer.is_world_process_zero():
-        staged = Path(training.output_dir, STAGING_DIR, "final")  # written whole, then renamed into place
-        shutil.rmtree(staged, ignore_errors=True)
-        model.save_pretrained(staged)
-        run.tokenizer.model_max_length = config.max_prompt_tokens or int(1e30)  # what the model reads, as rlf.py
-        run.tokenizer.save_pretrained(staged)
-        run_config = {"command": command_line("token_recurrence.py", args.argv), "model": vars(args.model),
-                      "model_config": args.model_config, "data": vars(args.data), "data_source": run.data_source,
-                      "recursion": vars(recursion), "config_file": args.config_path, "seed": training.seed,
-                      "baseline": "token_recurrence"}
-        Path(staged, "training_config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
-        write_train_results(staged, train_output, train_data)
-        commit_directory(staged, final)
-        shutil.rmtree(staged.parent)
-        print(f"[done] final checkpoint in {final}")
-
+    with writing_final(training.output_dir, trainer.is_world_process_zero()) as staged:
+        if trainer.is_world_process_zero():
+            model.save_pretrained(staged)
+            save_tokenizer(run.tokenizer, config, staged)
+            run_config = {"command": command_line("token_recurrence.py", args.argv), "model": vars(args.model),
+                          "model_config": args.model_config, "data": vars(args.data), "data_source": run.data_source,
+                          "recursion": vars(recursion), "config_file": args.config_path, "seed": training.seed,
+                          "baseline": "token_recurrence"}
+            Path(staged, "training_config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
+            write_train_results(staged, train_output, train_data)
 
 if __name__ == "__main__":
     main()
