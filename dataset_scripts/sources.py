@@ -24,33 +24,39 @@ def example_kwargs(data_args, words, lane=None):
 
 
 def parse_prompt_stage(stage):
-    """`"0.8:2-16:1-8"` -> (0.8, (2, 16), (1, 8))."""
-    start, distractors, hops = str(stage).split(":")
+    """`"0.8:2-16:1-8"` -> (0.8, (2, 16), (1, 8), None); an optional fourth part is the stage's walks, the hops of the
+    question's own chain: `"0.8:2-16:1-8:1-8"` -> (0.8, (2, 16), (1, 8), (1, 8))."""
+    start, *ranges = str(stage).split(":")
     start = float(start)
-    distractors, hops = (tuple(int(bound) for bound in part.split("-")) for part in (distractors, hops))
-    if not 0 <= start < 1 or len(distractors) != 2 or len(hops) != 2:
+    ranges = [tuple(int(bound) for bound in part.split("-")) for part in ranges]
+    if not 0 <= start < 1 or len(ranges) not in (2, 3) or any(len(bounds) != 2 for bounds in ranges):
         raise ValueError(stage)
-    return start, distractors, hops
+    if len(ranges) == 3 and not 1 <= ranges[2][0] <= ranges[2][1]:
+        raise ValueError(stage)
+    distractors, hops, *walks = ranges
+    return start, distractors, hops, walks[0] if walks else None
 
 
 class HopChainStream(torch.utils.data.Dataset):
     """Fresh training examples made on the fly: example `i` depends only on (seed, i, current max hops, prompt stage),
     so a resumed run sees the same data in the same order. `max_hops` is raised by the curriculum; `progress` (the
     share of training steps done, set by `trainers.checkpoints.PromptStageCallback`) selects the `prompt_stages`
-    reached. The stage follows the steps, not the index, because the Trainer's sampler shuffles the indices."""
+    reached, with their walk lengths where they give one. The stage follows the steps, not the index, because the
+    Trainer's sampler shuffles the indices."""
 
     def __init__(self, data_args, words, size, seed, max_hops, fixed_hops=None, extra_loops=0):
         self.data_args, self.size, self.seed, self.max_hops, self.fixed_hops = data_args, size, seed, max_hops, fixed_hops
         self.options = {lane: example_kwargs(data_args, words, lane) for lane in LANES}
         self.extra_loops, self.progress = extra_loops, 0.0
         stages = getattr(data_args, "prompt_stages", []) if fixed_hops is None else []
-        self.stages = [(start, dict(self.options["pointer"], num_distractors=distractors, distractor_hops=hops))
-                       for start, distractors, hops in map(parse_prompt_stage, stages)]
+        self.stages = [(start, dict(self.options["pointer"], num_distractors=distractors, distractor_hops=hops), walks)
+                       for start, distractors, hops, walks in map(parse_prompt_stage, stages)]
 
-    def pointer_options(self):
-        """The pointer lane's options now: the latest prompt stage training has reached, if any."""
-        reached = [options for start, options in self.stages if self.progress >= start]
-        return reached[-1] if reached else self.options["pointer"]
+    def stage(self):
+        """The pointer lane's options and walk lengths now: the latest prompt stage training has reached, if any
+        (walks None: the run's own, `min_hops`..`max_hops`)."""
+        reached = [(options, walks) for start, options, walks in self.stages if self.progress >= start]
+        return reached[-1] if reached else (self.options["pointer"], None)
 
     def __len__(self):
         return self.size
@@ -58,12 +64,13 @@ class HopChainStream(torch.utils.data.Dataset):
     def __getitem__(self, index):
         args = self.data_args
         rng = random.Random(self.seed * 1_000_003 + index)
-        hops = self.fixed_hops or rng.randint(args.min_hops, self.max_hops)
+        pointer_options, walks = self.stage()
+        hops = self.fixed_hops or rng.randint(*(walks or (args.min_hops, self.max_hops)))
         # The draw for --mix_arith happens only when it is on, so runs without it keep their data.
         if args.lane == "arith" or (args.mix_arith and rng.random() < args.mix_arith):
             example = make_arith_example(rng, hops, **self.options["arith"])
         else:
-            example = make_example(rng, hops, variant=args.variant, **self.pointer_options())
+            example = make_example(rng, hops, variant=args.variant, **pointer_options)
         if self.extra_loops:
             example["extra_loops"] = rng.randint(0, self.extra_loops)
         return example

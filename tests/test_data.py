@@ -447,3 +447,20 @@ def test_prompt_stages_follow_the_training_steps_not_the_shuffled_index():
     state.global_step = 5  # the stage starts at half the steps: the first indices draw long prompts too
     callback.on_step_begin(None, state, TrainerControl())
     assert min(statements(i) for i in (0, 60, 99)) >= 12 * 6 + 1  # 12 distractor chains of 6 hops, plus the chain
+
+
+def test_a_prompt_stage_can_lengthen_the_walks():
+    from transformers import TrainerControl, TrainerState
+
+    from trainers.checkpoints import PromptStageCallback
+    from trainers.rlf import DataArguments, HopChainStream
+
+    data_args = DataArguments(prompt_stages=["0.5:1-3:1-3:7-8"])
+    stream = HopChainStream(data_args, task_words(build_tokenizer()), size=200, seed=0, max_hops=3)
+    callback, state = PromptStageCallback(stream), TrainerState(max_steps=10)
+    state.global_step = 4
+    callback.on_step_begin(None, state, TrainerControl())
+    assert {len(stream[i]["trace"]) for i in range(200)} == {1, 2, 3}  # the run's own walks (max_hops 3)
+    state.global_step = 5
+    callback.on_step_begin(None, state, TrainerControl())
+    assert {len(stream[i]["trace"]) for i in range(200)} == {7, 8}  # the stage's

@@ -170,6 +170,8 @@ def test_two_process_data_parallel_keeps_ranks_identical(tmp_path):
         (lambda tmp: None, ["--output_dir", "new", "--ema_decay", "1.5"], "--ema_decay must be between 0 and 1"),
         (lambda tmp: None, ["--output_dir", "new", "--halting", "head"], "`halting='head'` needs `halt_head=True`"),
         (lambda tmp: None, ["--output_dir", "new", "--extra_loops", "4"], "give --max_loops 10"),
+        (lambda tmp: None, ["--output_dir", "new", "--prompt_stages", "0.5:1-3:1-3:1-9"], "give --max_loops 10"),
+        (lambda tmp: None, ["--output_dir", "new", "--prompt_stages", "0.5:1-3:1-3:5-2"], "1 <= W_LO <= W_HI"),
         (lambda tmp: None, ["--output_dir", "new", "--arith_ops", "+/"], "--arith_ops must be some of '+-*'"),
         (lambda tmp: None, ["--output_dir", "new", "--mix_arith", "1"], "--mix_arith must be in [0, 1)"),
         (lambda tmp: None, ["--output_dir", "new", "--mix_arith", "0.5", "--lane", "arith"], "does not apply"),

@@ -105,9 +105,10 @@ class DataArguments:
     prompt_stages: list[str] = field(
         default_factory=list,
         metadata={"help": "Longer prompts late in training (`shuffled` hop chains), one entry per stage, "
-                          "`FROM:D_LO-D_HI:H_LO-H_HI`: from this fraction of the training steps on, D_LO-D_HI "
-                          "distractor chains of H_LO-H_HI hops each (e.g. `0.8:2-16:1-8`). The walks stay as long as "
-                          "before; the prompts grow towards the test's."},
+                          "`FROM:D_LO-D_HI:H_LO-H_HI[:W_LO-W_HI]`: from this fraction of the training steps on, "
+                          "D_LO-D_HI distractor chains of H_LO-H_HI hops each (e.g. `0.8:2-16:1-8`), and walks of "
+                          "W_LO-W_HI hops when given (else --min_hops..--max_hops, as before): the prompts grow "
+                          "towards the test's, and the walks past the depth the run learned first."},
     )
     arith_ops: str = field(default="+-*", metadata={"help": "Operations of the `arith` lane's statements."})
     mix_arith: float = field(
@@ -159,8 +160,9 @@ class DataArguments:
             for stage in self.prompt_stages:
                 parse_prompt_stage(stage)
         except ValueError:
-            raise ValueError(f"--prompt_stages entries must read FROM:D_LO-D_HI:H_LO-H_HI with 0 <= FROM < 1, e.g. "
-                             f"0.8:2-16:1-8 (got {' '.join(map(str, self.prompt_stages))})") from None
+            raise ValueError(f"--prompt_stages entries must read FROM:D_LO-D_HI:H_LO-H_HI[:W_LO-W_HI] with 0 <= FROM < 1 "
+                             f"and 1 <= W_LO <= W_HI, e.g. 0.8:2-16:1-8 or 0.8:2-16:1-8:1-8 (got "
+                             f"{' '.join(map(str, self.prompt_stages))})") from None
         if self.eval_size < 1 or min(self.eval_hops, default=1) < 1:
             raise ValueError("--eval_size and every --eval_hops value must be >= 1")
 

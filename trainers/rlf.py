@@ -41,6 +41,7 @@ from dataset_scripts.collator import LoopLabelCollator  # noqa: E402
 from dataset_scripts.prosqa import CURRICULUM, VOCABULARY  # noqa: E402
 from dataset_scripts.sources import (  # noqa: E402
     ExampleStream, HopChainStream, ProsQAStream, generated_prosqa_validation, generated_validation, lm_collator,
+    parse_prompt_stage,
 )
 from dataset_scripts.tokenizer import build_tokenizer, load_tokenizer, task_words, vocabulary_from_examples  # noqa: E402
 from model_cards.generate import write_model_card  # noqa: E402
@@ -401,7 +402,8 @@ def setup(args):
     config = model.config
     if config.halting == "fixed" and not 1 <= config.fixed_loops <= config.max_loops:
         raise SystemExit(f"error: fixed_loops must be in 1..max_loops ({config.max_loops}), got {config.fixed_loops}")
-    longest = longest_trace(data_args, train) + 1 + recursion.extra_loops
+    stage_walks = [walks[1] for *_, walks in map(parse_prompt_stage, data_args.prompt_stages) if walks]
+    longest = max([longest_trace(data_args, train), *stage_walks]) + 1 + recursion.extra_loops
     if config.halting != "fixed" and longest > config.max_loops:
         raise SystemExit(f"error: max_loops {config.max_loops} is too few for {longest - 1 - recursion.extra_loops} "
                          f"steps + <HALT> + {recursion.extra_loops} extra loops: give --max_loops {longest}")
