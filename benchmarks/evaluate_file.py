@@ -11,10 +11,6 @@ drawn from the JSON alone. Default DIR: the model dir.
 
 import argparse
 import hashlib
-import json
-import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from model_cards.generate import training_record
-from ood_hops import plot_ood_hops
+from ood_hops import command_line, plot_ood_hops, write_results
 from recursive_latent.evaluation import evaluate_examples
 from recursive_latent.examples import ExampleError, load_examples
 
@@ -61,7 +57,7 @@ def main():
           f"{result['untargetable_examples']} examples have a trace word the tokenizer cannot write as one token")
     data_file = Path(args.data)
     results = {
-        "command": shlex.join(["python", "benchmarks/evaluate_file.py", *sys.argv[1:]]),
+        "command": command_line(),
         "model": str(args.model), "data": str(args.data), "split": args.split if not data_file.is_file() else None,
         "data_sha256": hashlib.sha256(data_file.read_bytes()).hexdigest() if data_file.is_file() else None,
         "n": len(examples), "seed": args.seed, "max_loops": args.max_loops, **training_record(args.model),
@@ -69,11 +65,8 @@ def main():
         "unknown_word_examples": result["unknown_word_examples"],
         "untargetable_examples": result["untargetable_examples"],
         "seconds": time.perf_counter() - start,
-        "machine": {"threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
     }
-    json_path = out / "evaluate_file.json"
-    json_path.write_text(json.dumps(results, indent=2))
-    print(f"wrote {json_path} and {plot_ood_hops(json_path)}")
+    write_results(results, out / "evaluate_file.json", plot_ood_hops)
 
 
 if __name__ == "__main__":

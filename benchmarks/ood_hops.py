@@ -67,6 +67,19 @@ def run(model_dir, variant, hops_list, n, batch_size, seed, lane="pointer", arit
     return per_hop
 
 
+def command_line():
+    """How this benchmark was started, as a user types it from the repository root."""
+    return shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+
+
+def write_results(results, json_path, plot):
+    """`results` and the machine they were measured on, as JSON at `json_path`; then `plot` draws the figure from that
+    file alone. Prints where both are."""
+    machine = {"threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__}
+    json_path.write_text(json.dumps({**results, "machine": machine}, indent=2))
+    print(f"wrote {json_path} and {plot(json_path)}")
+
+
 def plot_ood_hops(json_path, png_path=None):
     """Answer and trace exact match vs hops (or steps, for `evaluate_file.json`), with 95% intervals and the training
     range shaded; drawn from the JSON alone."""
@@ -159,7 +172,7 @@ def main():
     per_hop = run(args.model, args.variant, args.hops, args.n, args.batch_size, args.seed, args.lane, args.arith_ops,
                   args.shared_only, distractor_options, args.max_loops)
     results = {
-        "command": shlex.join(["python", "benchmarks/ood_hops.py", *sys.argv[1:]]),
+        "command": command_line(),
         "label": args.label, "section": args.section,
         "model": str(args.model), "lane": args.lane, "variant": "chain" if args.lane == "arith" else args.variant,
         "arith_ops": args.arith_ops, "shared_only": args.shared_only,
@@ -168,11 +181,8 @@ def main():
         **training_record(args.model), "per_hop": per_hop,
         "seconds": time.perf_counter() - start,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "machine": {"cpu_count": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
     }
-    json_path = out / "ood_hops.json"
-    json_path.write_text(json.dumps(results, indent=2))
-    print(f"wrote {json_path} and {plot_ood_hops(json_path)}")
+    write_results(results, out / "ood_hops.json", plot_ood_hops)
 
 
 if __name__ == "__main__":

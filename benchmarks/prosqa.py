@@ -14,9 +14,6 @@ examples/s, the data's checksum, the seeds), then DIR/prosqa.png drawn from the 
 import argparse
 import hashlib
 import json
-import platform
-import shlex
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -26,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dataset_scripts.prosqa import DEEP_OPTIONS, generate_prosqa, is_valid_path
 from model_cards.generate import training_record
+from ood_hops import command_line, write_results
 from recursive_latent.evaluation import evaluate_examples, wilson_interval
 from recursive_latent.examples import HALT_TOKEN
 
@@ -137,17 +135,14 @@ def main():
         deep_figures = score(model, tokenizer, deep, args.batch_size)
         show("deep", deep_figures)
     results = {
-        "command": shlex.join(["python", "benchmarks/prosqa.py", *sys.argv[1:]]), "label": args.label, "order": args.order,
+        "command": command_line(), "label": args.label, "order": args.order,
         "model": str(args.model), "data": str(args.data),
         "data_sha256": hashlib.sha256(data_file.read_bytes()).hexdigest(), "n": len(examples),
         "deep_n": args.deep_n, "deep_seed": args.deep_seed, "deep_options": DEEP_OPTIONS,
         **training_record(args.model), "data_figures": data_figures, "deep_figures": deep_figures,
         "seconds": time.perf_counter() - start,
-        "machine": {"threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
     }
-    json_path = out / "prosqa.json"
-    json_path.write_text(json.dumps(results, indent=2))
-    print(f"wrote {json_path} and {plot_prosqa(json_path)}")
+    write_results(results, out / "prosqa.json", plot_prosqa)
 
 
 if __name__ == "__main__":

@@ -356,7 +356,7 @@ def machine_line(docs):
     if not path.is_file():
         return []
     machine = json.loads(path.read_text())["machine"]
-    return [f"Machine (from `{path.name}`): {machine['platform']}, {machine['cpu_count']} torch threads, "
+    return [f"Machine (from `{path.name}`): {machine['platform']}, {machine.get('threads', machine.get('cpu_count'))} torch threads, "
             f"torch {machine['torch']}.", ""]
 
 

@@ -161,6 +161,10 @@ def test_ood_hops_refuses_hop_counts_past_the_loop_cap_and_max_loops_lifts_it(tm
     assert code == 0, stderr[-3000:]
     run = json.loads((tmp_path / "out" / "ood_hops.json").read_text())
     assert run["max_loops"] == 3 and run["per_hop"]["2"]["mean_loops"] <= 3
+    assert run["command"].startswith("python benchmarks/ood_hops.py --model ") and "--max_loops 3" in run["command"]
+    import torch
+
+    assert run["machine"]["threads"] == torch.get_num_threads() and run["machine"]["torch"] == torch.__version__
 
 
 def test_in_process_ood_hops_run_is_rendered_by_the_report(tmp_path, monkeypatch):

@@ -114,3 +114,4 @@ def test_a_short_run_trains_on_generated_graphs_and_the_benchmark_scores_it(tmp_
     assert figures["deep_figures"]["per_path_length"]["all"]["n"] == 4
     assert set(figures["deep_figures"]["per_path_length"]) - {"all"} <= {"7", "8"}
     assert (tmp_path / "bench" / "prosqa.png").stat().st_size > 0
+    assert figures["command"].startswith("python benchmarks/prosqa.py --model ") and figures["machine"]["threads"] >= 1
