@@ -94,16 +94,18 @@ def main(argv=None):
         callbacks=[curriculum] if curriculum else [], recursion_args=recursion, curriculum=curriculum,
     )
     train_output = trainer.train(resume_from_checkpoint=run.resume)
-    with writing_final(training.output_dir, trainer.is_world_process_zero()) as staged:
-        if trainer.is_world_process_zero():
-            model.save_pretrained(staged)
-            save_tokenizer(run.tokenizer, config, staged)
-            run_config = {"command": command_line("token_recurrence.py", args.argv), "model": vars(args.model),
-                          "model_config": args.model_config, "data": vars(args.data), "data_source": run.data_source,
-                          "recursion": vars(recursion), "config_file": args.config_path, "seed": training.seed,
-                          "baseline": "token_recurrence"}
-            Path(staged, "training_config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
-            write_train_results(staged, train_output, train_data)
+    if not trainer.is_world_process_zero():
+        return
+    with writing_final(training.output_dir) as staged:
+        model.save_pretrained(staged)
+        save_tokenizer(run.tokenizer, config, staged)
+        run_config = {"command": command_line("token_recurrence.py", args.argv), "model": vars(args.model),
+                      "model_config": args.model_config, "data": vars(args.data), "data_source": run.data_source,
+                      "recursion": vars(recursion), "config_file": args.config_path, "seed": training.seed,
+                      "baseline": "token_recurrence"}
+        Path(staged, "training_config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
+        write_train_results(staged, train_output, train_data)
+
 
 if __name__ == "__main__":
     main()
