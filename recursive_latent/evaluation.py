@@ -3,7 +3,7 @@ by number of steps; shared by the trainer and the benchmarks."""
 
 import math
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from types import SimpleNamespace
 
 import torch
@@ -69,7 +69,9 @@ def evaluate_examples(model, tokenizer, examples, batch_size=256, max_loops=None
     number of steps n: answer exact match (the answer loop names the last trace element), trace exact match (loops
     1..n name exactly the trace), halt exactly at loop n+1 (`halt_rate`), a trace whose first wrong step is `<HALT>`
     (`early_halt_rate`: the loop stopped inside the chain rather than stepping to a wrong word), each as a rate with
-    its 95% interval, plus mean loops and mean prompt tokens; examples/s over the whole set.
+    its 95% interval, plus mean loops and mean prompt tokens; examples/s over the whole set. `first_wrong_loops`
+    counts the traces that went wrong by the loop where they first did (a trace cut off by `max_loops` goes wrong at
+    the first loop it did not run), which tells a misread prompt (early loops) from a walk that drifts (late ones).
 
     Words the tokenizer does not know can never be matched: `unknown_word_examples` counts examples whose question
     holds one (`<unk>`), `untargetable_examples` those with a trace word that is not one token.
@@ -81,6 +83,7 @@ def evaluate_examples(model, tokenizer, examples, batch_size=256, max_loops=None
     targets = LoopTargets(tokenizer)
     unk_id = tokenizer.unk_token_id
     counts = defaultdict(lambda: defaultdict(int))
+    first_wrong_loops = defaultdict(Counter)
     predictions = []
     start = time.perf_counter()
     for chunk, inputs, out in reason_batches(model, tokenizer, examples, batch_size, max_loops, progress, **reason_kwargs):
@@ -98,6 +101,10 @@ def evaluate_examples(model, tokenizer, examples, batch_size=256, max_loops=None
             stats["halt"] += bool(out.halted[row]) and loops == len(reference) + 1
             first_wrong = steps_right.index(False) if False in steps_right else None
             stats["early_halt"] += first_wrong is not None and trace[first_wrong] == HALT_TOKEN
+            if first_wrong is None and len(steps_right) < len(reference):  # cut off before the chain's end
+                first_wrong = len(steps_right)
+            if first_wrong is not None:
+                first_wrong_loops[len(reference)][first_wrong + 1] += 1
             stats["loops"] += loops
             stats["prompt_tokens"] += prompt_tokens[row]
             stats["unknown"] += has_unknown[row]
@@ -112,6 +119,7 @@ def evaluate_examples(model, tokenizer, examples, batch_size=256, max_loops=None
                           ("early_halt", "early_halt_rate")):
             row[name] = stats[key] / n
             row[f"{name}_ci95"] = list(wilson_interval(stats[key], n))
+        row["first_wrong_loops"] = dict(sorted(first_wrong_loops[steps].items()))
         per_steps[steps] = row
     return {
         "per_steps": per_steps, "examples_per_second": len(examples) / seconds,

@@ -51,5 +51,21 @@ def test_rates_tell_a_halt_inside_the_chain_from_a_wrong_step():
     assert row["halt_rate"] == pytest.approx(1 / 4)
     assert row["early_halt_rate"] == pytest.approx(1 / 4)
     assert row["mean_loops"] == pytest.approx((4 + 2 + 3 + 5) / 4)
+    assert row["first_wrong_loops"] == {2: 2}  # both wrong traces go wrong at their second loop
     low, high = row["early_halt_rate_ci95"]
     assert low < 1 / 4 < high
+
+
+def test_first_wrong_loops_count_a_cut_off_trace_at_the_loop_it_did_not_run():
+    tokenizer = build_tokenizer()
+    examples = generate_examples(3, hops=3, seed=1)
+    paths = [example["trace"] for example in examples]
+    other = next(word for word in TRAIN_VALUE_WORDS if word not in paths[1])
+    traces = [
+        paths[0][:2],  # cut off after two right steps: wrong at loop 3
+        [other, HALT_TOKEN],  # a wrong first step: wrong at loop 1
+        paths[2] + [HALT_TOKEN],  # right
+    ]
+    row = evaluate_examples(ScriptedModel(tokenizer, traces), tokenizer, examples)["per_steps"][3]
+    assert row["first_wrong_loops"] == {1: 1, 3: 1}
+    assert row["trace_exact_match"] == pytest.approx(1 / 3)
