@@ -464,3 +464,35 @@ def test_a_prompt_stage_can_lengthen_the_walks():
     state.global_step = 5
     callback.on_step_begin(None, state, TrainerControl())
     assert {len(stream[i]["trace"]) for i in range(200)} == {7, 8}  # the stage's
+
+
+def test_a_grouped_stream_cuts_the_same_examples_into_batches_of_like_length():
+    from trainers.rlf import DataArguments, HopChainStream
+
+    data_args, words = DataArguments(min_distractors=1, max_distractors=16), task_words(build_tokenizer())
+    batch, block = 8, 8 * HopChainStream.GROUPED_BATCHES
+    plain = HopChainStream(data_args, words, size=2 * block, seed=0, max_hops=5)
+    grouped = HopChainStream(data_args, words, size=2 * block, seed=0, max_hops=5, batch_size=batch)
+    for start in (0, block):  # each block holds the same examples, in another order
+        indices = range(start, start + block)
+        assert sorted(grouped[i]["question"] for i in indices) == sorted(plain[i]["question"] for i in indices)
+
+    def padding(stream):  # summed longest prompt per batch over summed mean prompt: 1.0 means no padding
+        batches = [[len(stream[i]["question"]) for i in range(b, b + batch)] for b in range(0, 2 * block, batch)]
+        return sum(map(max, batches)) / sum(sum(lengths) / batch for lengths in batches)
+
+    assert padding(plain) > 1.5 and padding(grouped) < 1.15
+    lengths = [len(grouped[i]["question"]) for i in range(block)]
+    assert lengths != sorted(lengths)  # the batches are shuffled, not served short to long
+    again = HopChainStream(data_args, words, size=2 * block, seed=0, max_hops=5, batch_size=batch)
+    assert [again[i] for i in range(2 * block)] == [grouped[i] for i in range(2 * block)]  # deterministic
+
+
+def test_a_grouped_stream_redraws_its_block_at_a_new_prompt_stage():
+    from trainers.rlf import DataArguments, HopChainStream
+
+    data_args = DataArguments(prompt_stages=["0.5:12-12:6-6"])
+    stream = HopChainStream(data_args, task_words(build_tokenizer()), size=64, seed=0, max_hops=3, batch_size=4)
+    assert stream[5]["question"].count("=") <= 3 * 5 + 3
+    stream.progress = 0.5  # mid-block: the rest of it comes from the stage
+    assert stream[6]["question"].count("=") >= 12 * 6 + 1

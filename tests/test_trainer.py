@@ -86,9 +86,12 @@ def losses(trainer_state_path):
     return [entry["loss"] for entry in history if "loss" in entry]
 
 
-def test_in_process_run_saves_and_resumes_exactly(tmp_path, monkeypatch, capsys):
-    """The fast version of the next test: a few steps, a checkpoint, a resume from it that ends bit-identical."""
-    short = ["--max_steps", "6", "--save_steps", "3", "--eval_steps", "3", "--pretrain_steps", "2"]
+@pytest.mark.parametrize("sampling", ["random", "group_by_length"])
+def test_in_process_run_saves_and_resumes_exactly(tmp_path, monkeypatch, capsys, sampling):
+    """The fast version of the next test: a few steps, a checkpoint, a resume from it that ends bit-identical (also
+    with the stream grouping its batches by length)."""
+    short = ["--max_steps", "6", "--save_steps", "3", "--eval_steps", "3", "--pretrain_steps", "2",
+             "--train_sampling_strategy", sampling]
     out = train_in_process(tmp_path, monkeypatch, capsys, "--output_dir", "run", *short)
     assert "[eval] step 6" in out and "[done] final checkpoint in run/final" in out
     final = tmp_path / "run" / "final"
@@ -101,6 +104,20 @@ def test_in_process_run_saves_and_resumes_exactly(tmp_path, monkeypatch, capsys)
     assert "[resume] from resumed/checkpoint-3" in out
     a, b = load_file(final / "model.safetensors"), load_file(tmp_path / "resumed" / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_a_grouped_stream_is_read_in_order_and_any_other_dataset_shuffled(tmp_path):
+    from transformers import TrainingArguments
+
+    from dataset_scripts.tokenizer import build_tokenizer, task_words
+    from trainers.rlf import DataArguments, HopChainStream, StreamTrainer
+
+    words = task_words(build_tokenizer())
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    for batch_size, sampler in ((16, torch.utils.data.SequentialSampler), (None, torch.utils.data.RandomSampler)):
+        stream = HopChainStream(DataArguments(), words, size=64, seed=0, max_hops=3, batch_size=batch_size)
+        trainer = StreamTrainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=stream)
+        assert type(trainer._get_train_sampler()) is sampler
 
 
 @pytest.mark.slow
@@ -175,6 +192,10 @@ def test_two_process_data_parallel_keeps_ranks_identical(tmp_path):
         (lambda tmp: None, ["--output_dir", "new", "--arith_ops", "+/"], "--arith_ops must be some of '+-*'"),
         (lambda tmp: None, ["--output_dir", "new", "--mix_arith", "1"], "--mix_arith must be in [0, 1)"),
         (lambda tmp: None, ["--output_dir", "new", "--mix_arith", "0.5", "--lane", "arith"], "does not apply"),
+        (lambda tmp: (tmp / "own.jsonl").write_text(
+            '{"question": "A leads to B. Where does A lead?", "steps": ["A leads to B."], "answer": "B."}\n'),
+         ["--output_dir", "new", "--train_file", "own.jsonl", "--train_sampling_strategy", "group_by_length"],
+         "group_by_length applies to generated hop chains"),
     ],
 )
 def test_bad_input_fails_before_training(tmp_path, monkeypatch, capsys, setup, args, message):

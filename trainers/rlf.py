@@ -78,7 +78,18 @@ def offset_positions(attention_mask, config, enabled):
     return positions
 
 
-class BackboneLMTrainer(Trainer):
+class StreamTrainer(Trainer):
+    """A Trainer that reads a generated stream that groups its own batches by prompt length (`group_by_length` on
+    `HopChainStream`) in order; any other dataset gets the Trainer's own sampler."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if getattr(dataset, "batch_size", None) is not None:
+            return torch.utils.data.SequentialSampler(dataset)
+        return super()._get_train_sampler(train_dataset)
+
+
+class BackboneLMTrainer(StreamTrainer):
     """Stage 1: next-token LM loss of the backbone through the tied embeddings."""
 
     def __init__(self, *args, recursion_args=None, **kwargs):
@@ -95,7 +106,7 @@ class BackboneLMTrainer(Trainer):
         return (loss, None) if return_outputs else loss
 
 
-class RLFTrainer(Trainer):
+class RLFTrainer(StreamTrainer):
     """Stage 2: the loop-supervision loss, the curriculum's accuracy feed, exact-match evaluation per number of
     steps, and atomic checkpoints that carry the curriculum and EMA state with the Trainer's own."""
 
@@ -407,6 +418,9 @@ def setup(args):
     if config.halting != "fixed" and longest > config.max_loops:
         raise SystemExit(f"error: max_loops {config.max_loops} is too few for {longest - 1 - recursion.extra_loops} "
                          f"steps + <HALT> + {recursion.extra_loops} extra loops: give --max_loops {longest}")
+    if args.training.train_sampling_strategy == "group_by_length" and (train is not None or data_args.task == "prosqa"):
+        raise SystemExit("error: --train_sampling_strategy group_by_length applies to generated hop chains; a file's "
+                         "or ProsQA's examples train in random order")
     if model_args.init_from and data_args.mix_arith:
         raise SystemExit("error: --mix_arith trains a new pointer model's shared weights; it does not apply to --init_from")
     if validation is None and train is not None and args.training.eval_strategy != "no":
@@ -443,7 +457,10 @@ def training_stream(run, size, seed, max_hops, curriculum=False, **options):
         return ExampleStream(run.train_examples, max_hops if curriculum else None)
     if data_args.task == "prosqa":
         return ProsQAStream(size, seed, max_hops, data_args.prosqa_supervision, data_args.prosqa_replay)
-    return HopChainStream(data_args, task_words(run.tokenizer), size, seed=seed, max_hops=max_hops, **options)
+    grouped = run.training.train_sampling_strategy == "group_by_length"
+    batch_size = run.training.per_device_train_batch_size if grouped else None
+    return HopChainStream(data_args, task_words(run.tokenizer), size, seed=seed, max_hops=max_hops,
+                          batch_size=batch_size, **options)
 
 
 def final_stage(run):
