@@ -47,10 +47,11 @@ class HopChainStream(torch.utils.data.Dataset):
     With `batch_size` the stream groups its batches by prompt length (the Trainer's `group_by_length`, for a stream):
     it is read in order, and each block of `GROUPED_BATCHES` batches holds the same fresh examples as before, sorted
     by prompt length, cut into batches and the batches shuffled. A batch costs what its longest prompt costs (a Mamba2
-    scan pays for the padding), and an ungrouped batch's longest prompt is about 1.9x its mean. A new curriculum or
-    prompt stage redraws the block it falls in."""
+    scan pays for the padding), and an ungrouped batch's longest prompt is about 1.9x its mean. A new curriculum stage
+    redraws the block it falls in. Prompt stages are drawn ungrouped: their prompts vary up to 8x in length, and
+    batches of one length there cost accuracy (docs/experiments.md, Mamba2)."""
 
-    GROUPED_BATCHES = 16  # per block: small, so that a new stage starts within 16 steps
+    GROUPED_BATCHES = 16  # per block
 
     def __init__(self, data_args, words, size, seed, max_hops, fixed_hops=None, extra_loops=0, batch_size=None):
         self.data_args, self.size, self.seed, self.max_hops, self.fixed_hops = data_args, size, seed, max_hops, fixed_hops
@@ -71,11 +72,11 @@ class HopChainStream(torch.utils.data.Dataset):
         return self.size
 
     def __getitem__(self, index):
-        if self.batch_size is None:
+        if self.batch_size is None or any(self.progress >= start for start, *_ in self.stages):
             return self.example(index)
         block_size = self.batch_size * self.GROUPED_BATCHES
         block, offset = divmod(index, block_size)
-        key = (block, self.max_hops, sum(self.progress >= start for start, *_ in self.stages))
+        key = (block, self.max_hops)
         if self._block[0] != key:
             start = block * block_size
             examples = sorted((self.example(i) for i in range(start, min(start + block_size, self.size))),

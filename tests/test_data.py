@@ -488,11 +488,13 @@ def test_a_grouped_stream_cuts_the_same_examples_into_batches_of_like_length():
     assert [again[i] for i in range(2 * block)] == [grouped[i] for i in range(2 * block)]  # deterministic
 
 
-def test_a_grouped_stream_redraws_its_block_at_a_new_prompt_stage():
+def test_a_grouped_stream_draws_its_prompt_stages_ungrouped():
     from trainers.rlf import DataArguments, HopChainStream
 
-    data_args = DataArguments(prompt_stages=["0.5:12-12:6-6"])
-    stream = HopChainStream(data_args, task_words(build_tokenizer()), size=64, seed=0, max_hops=3, batch_size=4)
-    assert stream[5]["question"].count("=") <= 3 * 5 + 3
-    stream.progress = 0.5  # mid-block: the rest of it comes from the stage
-    assert stream[6]["question"].count("=") >= 12 * 6 + 1
+    data_args, words = DataArguments(prompt_stages=["0.5:2-16:1-8"]), task_words(build_tokenizer())
+    stream = HopChainStream(data_args, words, size=256, seed=0, max_hops=3, batch_size=4)
+    plain = HopChainStream(data_args, words, size=256, seed=0, max_hops=3)
+    assert [stream[i] for i in range(64)] != [plain[i] for i in range(64)]  # grouped before the stage
+    stream.progress = plain.progress = 0.5  # mid-block: from here on, the stage's examples as drawn
+    assert [stream[i] for i in range(64)] == [plain[i] for i in range(64)]
+    assert max(stream[i]["question"].count("=") for i in range(64)) > 3 * 5 + 3
