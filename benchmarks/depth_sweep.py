@@ -11,8 +11,6 @@ DIR/depth_sweep.json: the command, the model and the wall time), then DIR/depth_
 import argparse
 import csv
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dataset_scripts.hop_chains import generate_examples
 from dataset_scripts.tokenizer import task_words, word_ids
+from ood_hops import command_line
 
 SWEEP_SEED = 2_000_000  # apart from training (small seeds), validation (10,000+h) and ood_hops (1,000,000+h)
 
@@ -102,7 +101,7 @@ def main():
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    run = {"command": shlex.join(["python", "benchmarks/depth_sweep.py", *sys.argv[1:]]), "model": args.model,
+    run = {"command": command_line(), "model": args.model,
            "seconds": time.perf_counter() - start}
     (out / "depth_sweep.json").write_text(json.dumps(run, indent=2))
     plot(csv_path, out / "depth_sweep.png")

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import random
-import shlex
 import signal
 import subprocess
 import sys
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+
+from ood_hops import command_line
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = """
@@ -147,7 +148,7 @@ def main():
                   f"max |diff| {record['max_abs_weight_difference']}")
     inside = sum(t["inside_checkpoint_write"] for t in trials)
     results = {
-        "command": shlex.join(["python", "benchmarks/fault_injection.py", *sys.argv[1:]]),
+        "command": command_line(),
         "seed": args.seed, "trials": args.trials, "uninterrupted_run_seconds": round(horizon, 2),
         "kills_inside_checkpoint_writes": inside, "kills_between_writes": args.trials - inside,
         "resumed_identical": sum(t["identical"] for t in trials),

@@ -30,6 +30,7 @@ from dataset_scripts.collator import LoopLabelCollator  # noqa: E402
 from trainers.arguments import parse_arguments  # noqa: E402
 from trainers.rlf import offset_positions, setup, training_stream  # noqa: E402
 from recursive_latent.optimization import muon_with_adamw  # noqa: E402
+from ood_hops import command_line  # noqa: E402
 
 
 def build(variant, batch_size, batches, seed):
@@ -108,7 +109,7 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {
-        "command": shlex.join(["python", "benchmarks/profile_mamba2.py", *sys.argv[1:]]),
+        "command": command_line(),
         "threads": args.threads, "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds,
         "seed": args.seed, "variants": rows,
         "profiled_variant": variants[0] or "(config)",

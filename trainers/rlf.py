@@ -420,7 +420,7 @@ def setup(args):
                          f"steps + <HALT> + {recursion.extra_loops} extra loops: give --max_loops {longest}")
     if args.training.train_sampling_strategy == "group_by_length" and (train is not None or data_args.task == "prosqa"):
         raise SystemExit("error: --train_sampling_strategy group_by_length applies to generated hop chains; a file's "
-                         "or ProsQA's examples train in random order")
+                         "or ProsQA's examples train in random order (give --train_sampling_strategy random)")
     if model_args.init_from and data_args.mix_arith:
         raise SystemExit("error: --mix_arith trains a new pointer model's shared weights; it does not apply to --init_from")
     if validation is None and train is not None and args.training.eval_strategy != "no":
