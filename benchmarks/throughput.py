@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from dataset_scripts.hop_chains import generate_examples
 from dataset_scripts.tokenizer import build_tokenizer
+from ood_hops import command_line
 from recursive_latent import RecursiveLatentConfig, RecursiveLatentForCausalLM
 
 # The Hub backbones' shapes (their weights cannot be downloaded here), with the core of their configs in
@@ -113,7 +114,7 @@ def main():
         return
 
     start = time.perf_counter()
-    results = {"model": args.model, "command": " ".join(["python", "benchmarks/throughput.py", *sys.argv[1:]]),
+    results = {"model": args.model, "command": command_line(),
                "threads": torch.get_num_threads(), "parameters": {}, "loops": [], "batch": []}
     model = load(args.model)
     results["parameters"][f"tiny_{model.config.backbone_type}"] = parameter_counts(model)

@@ -7,6 +7,7 @@ import argparse
 import inspect
 import os
 import re
+import shlex
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -387,4 +388,4 @@ def parse_arguments(argv=None):
 
 def command_line(script, argv=None):
     """The command that ran `trainers/<script>` with `argv`, as recorded in a checkpoint's training_config.yaml."""
-    return " ".join(["python", f"trainers/{script}", *(sys.argv[1:] if argv is None else argv)])
+    return shlex.join(["python", f"trainers/{script}", *(sys.argv[1:] if argv is None else argv)])
