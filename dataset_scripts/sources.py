@@ -62,17 +62,21 @@ class HopChainStream(torch.utils.data.Dataset):
                        for start, distractors, hops, walks in map(parse_prompt_stage, stages)]
         self.batch_size, self._block = batch_size, (None, [])
 
+    def reached_stages(self):
+        """The prompt stages training has reached, as (start, options, walks)."""
+        return [stage for stage in self.stages if self.progress >= stage[0]]
+
     def stage(self):
         """The pointer lane's options and walk lengths now: the latest prompt stage training has reached, if any
         (walks None: the run's own, `min_hops`..`max_hops`)."""
-        reached = [(options, walks) for start, options, walks in self.stages if self.progress >= start]
-        return reached[-1] if reached else (self.options["pointer"], None)
+        reached = self.reached_stages()
+        return reached[-1][1:] if reached else (self.options["pointer"], None)
 
     def __len__(self):
         return self.size
 
     def __getitem__(self, index):
-        if self.batch_size is None or any(self.progress >= start for start, *_ in self.stages):
+        if self.batch_size is None or self.reached_stages():
             return self.example(index)
         block_size = self.batch_size * self.GROUPED_BATCHES
         block, offset = divmod(index, block_size)
