@@ -115,3 +115,29 @@ def test_a_short_run_trains_on_generated_graphs_and_the_benchmark_scores_it(tmp_
     assert set(figures["deep_figures"]["per_path_length"]) - {"all"} <= {"7", "8"}
     assert (tmp_path / "bench" / "prosqa.png").stat().st_size > 0
     assert figures["command"].startswith("python benchmarks/prosqa.py --model ") and figures["machine"]["threads"] >= 1
+
+
+def test_the_config_holds_its_learning_rate_then_decays_it_to_zero_over_the_last_3000_steps(tmp_path):
+    """prosqa.yaml's schedule as the Trainer builds it (`get_scheduler` with the parsed arguments): warm-up, constant
+    until 3,000 steps before the end, then linear to 0."""
+    import torch
+    from transformers import get_scheduler
+
+    from trainers.arguments import parse_arguments
+
+    args = parse_arguments(["--config", str(ROOT / "trainers" / "configs" / "prosqa.yaml"), "--output_dir",
+                            str(tmp_path)]).training
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+    warmup = args.get_warmup_steps(args.max_steps)
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, warmup, args.max_steps,
+                              scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+    rates = []
+    for _ in range(args.max_steps):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    decay_start = args.max_steps - 3000
+    assert warmup == 200 and rates[0] < rates[warmup] == pytest.approx(args.learning_rate)
+    assert rates[decay_start] == pytest.approx(args.learning_rate)
+    assert rates[decay_start + 1500] == pytest.approx(args.learning_rate / 2, rel=1e-3)
+    assert rates[-1] < args.learning_rate / 1000
