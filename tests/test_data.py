@@ -8,7 +8,7 @@ import torch
 from datasets import load_from_disk
 from transformers import AutoTokenizer
 
-from dataset_scripts.collator import IGNORE_INDEX, LoopLabelCollator
+from dataset_scripts.collator import IGNORE_INDEX, LoopLabelCollator, tokenize
 from dataset_scripts.hop_chains import (
     build_datasets,
     generate_examples,
@@ -282,6 +282,16 @@ def test_save_and_reload(tokenizer, tmp_path):
 
 
 # --- collator ------------------------------------------------------------------------------------
+
+
+def test_tokenize_gives_the_tensors_of_transformers_return_tensors_path(tokenizer):
+    texts = [example["question"] for example in generate_examples(8, hops=[1, 4, 9], num_distractors=(0, 12), seed=3)]
+    ours, reference = tokenize(tokenizer, texts), tokenizer(texts, padding=True, return_tensors="pt")
+    assert set(ours) == set(reference)
+    for name, tensor in ours.items():
+        assert tensor.dtype == reference[name].dtype == torch.long
+        assert torch.equal(tensor, reference[name]), name
+    assert (ours["attention_mask"] == 0).any()  # the batch is padded
 
 
 def test_collator(tokenizer):
