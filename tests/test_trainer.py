@@ -185,6 +185,8 @@ def test_two_process_data_parallel_keeps_ranks_identical(tmp_path):
         (lambda tmp: (tmp / "empty").mkdir(), ["--output_dir", "empty", "--resume_from_checkpoint", "empty"],
          "not a checkpoint directory"),
         (lambda tmp: None, ["--output_dir", "new", "--ema_decay", "1.5"], "--ema_decay must be between 0 and 1"),
+        (lambda tmp: None, ["--output_dir", "new", "--freeze_backbone_from", "1.5"], "must be between 0 and 1"),
+        (lambda tmp: None, ["--output_dir", "new", "--freeze_backbone_from", "0.5"], "stops a `full` backbone's"),
         (lambda tmp: None, ["--output_dir", "new", "--halting", "head"], "`halting='head'` needs `halt_head=True`"),
         (lambda tmp: None, ["--output_dir", "new", "--extra_loops", "4"], "give --max_loops 10"),
         (lambda tmp: None, ["--output_dir", "new", "--prompt_stages", "0.5:1-3:1-3:1-9"], "give --max_loops 10"),
@@ -239,6 +241,21 @@ def test_ema_weights_are_evaluated_and_saved_while_checkpoints_keep_the_raw_weig
     for key in ema:
         torch.testing.assert_close(final[key], ema[key])
     assert any(not torch.allclose(raw[key], ema[key]) for key in ema)
+
+
+def test_a_full_backbone_stops_training_from_its_share_of_the_steps(tmp_path, monkeypatch, capsys):
+    out = train_in_process(tmp_path, monkeypatch, capsys, "--output_dir", "run", "--backbone_mode", "full",
+                           "--freeze_backbone_from", "0.5", "--max_steps", "6", "--save_steps", "2",
+                           "--eval_strategy", "no")
+    assert "[backbone] frozen from step 3" in out
+    weights = {step: load_file(tmp_path / "run" / f"checkpoint-{step}" / "model.safetensors") for step in (2, 4, 6)}
+    backbone = [key for key in weights[2] if ".backbone." in key]
+    core = [key for key in weights[2] if ".blocks." in key]
+    assert backbone and core
+    # Step 3 still trains the backbone; steps 4-6 leave it as it was (no weight decay, no momentum), not the core.
+    assert any(not torch.equal(weights[2][key], weights[4][key]) for key in backbone)
+    assert all(torch.equal(weights[4][key], weights[6][key]) for key in backbone)
+    assert any(not torch.equal(weights[4][key], weights[6][key]) for key in core)
 
 
 @pytest.mark.slow

@@ -207,12 +207,19 @@ class RecursionArguments:
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "Stop after this many evals without a better `exact_match`."}
     )
+    freeze_backbone_from: float | None = field(
+        default=None,
+        metadata={"help": "Share of the training steps (0-1) from which a `full` backbone stops training: the last "
+                          "steps then skip its backward pass (a Mamba2 scan's backward costs more than its forward)."},
+    )
 
     def __post_init__(self):
         if self.core_optimizer not in ("adamw", "muon"):
             raise ValueError(f"--core_optimizer must be `adamw` or `muon` (got {self.core_optimizer!r})")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"--ema_decay must be between 0 and 1 (got {self.ema_decay})")
+        if self.freeze_backbone_from is not None and not 0 < self.freeze_backbone_from < 1:
+            raise ValueError(f"--freeze_backbone_from must be between 0 and 1 (got {self.freeze_backbone_from})")
         if not 0 < self.curriculum_threshold <= 1:
             raise ValueError(f"--curriculum_threshold must be in (0, 1] (got {self.curriculum_threshold})")
         for name, least in (("curriculum_start_hops", 1), ("curriculum_window", 1), ("extra_loops", 0),

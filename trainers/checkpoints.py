@@ -196,6 +196,22 @@ class PromptStageCallback(TrainerCallback):
         self.dataset.progress = state.global_step / state.max_steps
 
 
+class BackboneFreezeCallback(TrainerCallback):
+    """Freezes a `full` backbone from a share of the training steps on (`--freeze_backbone_from`): its weights get no
+    gradient, so the optimizer leaves them as they are and autograd no longer runs its backward. Read from the step
+    counter like `PromptStageCallback`, so a resumed run freezes it again."""
+
+    def __init__(self, model, start):
+        self.model, self.start = model, start
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        backbone = self.model.model.backbone
+        if state.global_step >= self.start * state.max_steps and any(p.requires_grad for p in backbone.parameters()):
+            self.model.model.freeze_backbone()
+            if args.process_index == 0:
+                print(f"[backbone] frozen from step {state.global_step} (--freeze_backbone_from {self.start})")
+
+
 class WeightEMA(TrainerCallback):
     """Exponential moving average of the trainable weights, updated after every optimizer step. Evaluation and
     the final checkpoint use the average; `checkpoint-*` keep the raw weights (to resume) plus `ema.safetensors`."""

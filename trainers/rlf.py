@@ -54,8 +54,8 @@ from trainers.arguments import (  # noqa: E402
     DataArguments, ModelArguments, RecursionArguments, RunArguments, command_line, parse_arguments,
 )
 from trainers.checkpoints import (  # noqa: E402
-    STAGING_DIR, CurriculumCallback, PromptStageCallback, WeightEMA, commit_directory, drop_old_checkpoints,
-    resolve_resume, save_tokenizer, write_train_results, writing_final,
+    STAGING_DIR, BackboneFreezeCallback, CurriculumCallback, PromptStageCallback, WeightEMA, commit_directory,
+    drop_old_checkpoints, resolve_resume, save_tokenizer, write_train_results, writing_final,
 )
 
 __all__ = ["DataArguments", "HopChainStream", "ModelArguments", "RecursionArguments", "main"]
@@ -418,6 +418,9 @@ def setup(args):
     if config.halting != "fixed" and longest > config.max_loops:
         raise SystemExit(f"error: max_loops {config.max_loops} is too few for {longest - 1 - recursion.extra_loops} "
                          f"steps + <HALT> + {recursion.extra_loops} extra loops: give --max_loops {longest}")
+    if recursion.freeze_backbone_from and (config.backbone_mode != "full" or args.training.world_size > 1):
+        raise SystemExit(f"error: --freeze_backbone_from stops a `full` backbone's training in a single process "
+                         f"(this run: `{config.backbone_mode}` backbone, {args.training.world_size} processes)")
     if args.training.train_sampling_strategy == "group_by_length" and (train is not None or data_args.task == "prosqa"):
         raise SystemExit("error: --train_sampling_strategy group_by_length applies to generated hop chains; a file's "
                          "or ProsQA's examples train in random order (give --train_sampling_strategy random)")
@@ -520,7 +523,8 @@ def train_core(run):
     train_data, curriculum = core_training_data(run, extra_loops=recursion.extra_loops)
     ema = WeightEMA(model, recursion.ema_decay) if recursion.ema_decay else None
     stages = PromptStageCallback(train_data) if getattr(train_data, "stages", None) else None
-    callbacks = [callback for callback in (curriculum, ema, stages) if callback is not None]
+    freeze = BackboneFreezeCallback(model, recursion.freeze_backbone_from) if recursion.freeze_backbone_from else None
+    callbacks = [callback for callback in (curriculum, ema, stages, freeze) if callback is not None]
     if recursion.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(recursion.early_stopping_patience))
     if run.resume and ema is not None:
