@@ -333,6 +333,9 @@ CURRICULUM = (
     ((4, 6), (1, 1)), ((4, 6), (1, 2)), ((5, 9), (1, 3)), ((8, 12), (2, 4)), ((11, 16), (2, 5)), ((14, 20), (3, 6)),
     (NUM_NODES, PATH_LENGTHS),
 )
+# Larger graphs than published, up to the deep test's 40 grown nodes, for the last stage's `large` share: the deep
+# test grows 34-40 nodes to reach its 7-8 steps, so a model that saw 28 only meets two shifts there, size and depth.
+LARGE_NUM_NODES = (NUM_NODES + 1, DEEP_OPTIONS["num_nodes"][1])
 
 
 def to_example(example: dict, supervision: str = "frontier") -> dict:
@@ -372,12 +375,16 @@ def to_example(example: dict, supervision: str = "frontier") -> dict:
             "hops": len(example["steps"])}
 
 
-def curriculum_example(rng: random.Random, stage: int, replay: float = 0.25, supervision: str = "frontier") -> dict:
+def curriculum_example(rng: random.Random, stage: int, replay: float = 0.25, supervision: str = "frontier",
+                       large: float = 0.0) -> dict:
     """A training example at curriculum `stage` (1-based, up to ``len(CURRICULUM)``): a `replay` share is drawn from
-    an earlier stage, so that small graphs are not forgotten."""
+    an earlier stage, so that small graphs are not forgotten; at the last stage a `large` share grows
+    ``LARGE_NUM_NODES`` nodes, at the published path lengths."""
     if stage > 1 and rng.random() < replay:
         stage = rng.randint(1, stage - 1)
     num_nodes, path_lengths = CURRICULUM[min(stage, len(CURRICULUM)) - 1]
+    if large and stage >= len(CURRICULUM) and rng.random() < large:  # no draw when off: old streams stay the same
+        num_nodes = LARGE_NUM_NODES
     return to_example(make_prosqa_example(rng, path_lengths=path_lengths, num_nodes=num_nodes), supervision)
 
 

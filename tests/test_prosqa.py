@@ -79,6 +79,20 @@ def test_the_curriculum_grows_graphs_and_paths():
     assert sum(len(e["question"]) for e in last) > 4 * sum(len(e["question"]) for e in first)
 
 
+def test_the_large_share_grows_larger_graphs_at_the_published_depths_in_the_last_stage_only():
+    def draw(stage, large):
+        rng = random.Random(1)
+        return [curriculum_example(rng, stage, replay=0.0, large=large) for _ in range(60)]
+
+    def statements(examples):
+        return sum(example["question"].count(".") for example in examples) / len(examples)
+
+    published, large = draw(len(CURRICULUM), 0.0), draw(len(CURRICULUM), 1.0)
+    assert {example["hops"] for example in large} <= {3, 4, 5, 6}
+    assert statements(large) > 1.2 * statements(published)  # 29-40 grown nodes against 28
+    assert draw(1, 1.0) == draw(1, 0.0)  # earlier stages keep their sizes, and their streams
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (PROSQA / "prosqa_valid.json").is_file(), reason="the published ProsQA files are not beside the repo")
 def test_a_short_run_trains_on_generated_graphs_and_the_benchmark_scores_it(tmp_path):

@@ -88,6 +88,11 @@ class DataArguments:
                           "(the published path's concepts, one word per loop, as chain of thought writes them)."},
     )
     prosqa_replay: float = field(default=0.25, metadata={"help": "`prosqa`: share of examples from earlier stages."})
+    prosqa_large_graphs: float = field(
+        default=0.0,
+        metadata={"help": "`prosqa`: share of the last curriculum stage's examples grown larger than published (29-40 "
+                          "nodes, the deep test's sizes) at the published 3-6 step paths."},
+    )
     lane: str | None = field(
         default=None,
         metadata={"help": "Task lane (generator: `pointer`, the default, or `arith`). A lane other than the "
@@ -135,6 +140,8 @@ class DataArguments:
                              f"(got {self.prosqa_supervision!r})")
         if not 0 <= self.prosqa_replay < 1:
             raise ValueError(f"--prosqa_replay must be in [0, 1) (got {self.prosqa_replay})")
+        if not 0 <= self.prosqa_large_graphs <= 1:
+            raise ValueError(f"--prosqa_large_graphs must be in [0, 1] (got {self.prosqa_large_graphs})")
         if self.from_files and self.mix_arith:
             raise ValueError("--mix_arith mixes generated arith chains into generated data; it does not apply to "
                              "--train_file / --dataset_name")

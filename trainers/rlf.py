@@ -350,7 +350,8 @@ def describe_data(data_args, train, validation):
     if train is None and data_args.task == "prosqa":
         return {"source": "generator", "generator": "dataset_scripts.prosqa", "lane": data_args.lane,
                 "supervision": data_args.prosqa_supervision, "curriculum": [list(stage) for stage in CURRICULUM],
-                "replay": data_args.prosqa_replay, "validation": data_args.validation_file}
+                "replay": data_args.prosqa_replay, "large_graphs": data_args.prosqa_large_graphs,
+                "validation": data_args.validation_file}
     if train is None:
         return {"source": "generator", "generator": "dataset_scripts.hop_chains", "lane": data_args.lane,
                 "variant": data_args.variant, "hops": [data_args.min_hops, data_args.max_hops],
@@ -459,7 +460,8 @@ def training_stream(run, size, seed, max_hops, curriculum=False, **options):
     if run.train_examples is not None:
         return ExampleStream(run.train_examples, max_hops if curriculum else None)
     if data_args.task == "prosqa":
-        return ProsQAStream(size, seed, max_hops, data_args.prosqa_supervision, data_args.prosqa_replay)
+        return ProsQAStream(size, seed, max_hops, data_args.prosqa_supervision, data_args.prosqa_replay,
+                            data_args.prosqa_large_graphs)
     grouped = run.training.train_sampling_strategy == "group_by_length"
     batch_size = run.training.per_device_train_batch_size if grouped else None
     return HopChainStream(data_args, task_words(run.tokenizer), size, seed=seed, max_hops=max_hops,
