@@ -18,7 +18,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from dataset_scripts.hop_chains import ARITH_OPS, LANES, VARIANTS, check_arith_ops
-from dataset_scripts.prosqa import SUPERVISIONS
+from dataset_scripts.prosqa import LARGE_NUM_NODES, SUPERVISIONS
 from dataset_scripts.sources import parse_prompt_stage
 from recursive_latent import RecursiveLatentConfig
 from trainers.checkpoints import STAGING_DIR
@@ -90,8 +90,9 @@ class DataArguments:
     prosqa_replay: float = field(default=0.25, metadata={"help": "`prosqa`: share of examples from earlier stages."})
     prosqa_large_graphs: float = field(
         default=0.0,
-        metadata={"help": "`prosqa`: share of the last curriculum stage's examples grown larger than published (29-40 "
-                          "nodes, the deep test's sizes) at the published 3-6 step paths."},
+        metadata={"help": "`prosqa`: share of the last curriculum stage's examples grown larger than published "
+                          f"({LARGE_NUM_NODES[0]}-{LARGE_NUM_NODES[1]} nodes, up to the deep test's sizes) at the "
+                          "published 3-6 step paths."},
     )
     lane: str | None = field(
         default=None,
