@@ -18,12 +18,12 @@ RESULT_FILES = ("ood_hops.json", "evaluate_file.json")
 def training_record(model_dir):
     """What the trainer wrote into a local checkpoint about its run: the trained hop range (up to the hops its
     curriculum reached, where the checkpoint records them), the command line and the training wall time (None where
-    the checkpoint does not say)."""
+    the checkpoint does not say; summed over resumes where the checkpoint knows it)."""
     model_dir = Path(model_dir)
     record = {"trained_hops": None, "training_command": None, "train_seconds": None}
     results_file = model_dir / "train_results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    record["train_seconds"] = results.get("train_runtime")
+    record["train_seconds"] = results.get("train_seconds_total", results.get("train_runtime"))
     config_file = model_dir / "training_config.yaml"
     if config_file.is_file():
         run_config = yaml.safe_load(config_file.read_text())

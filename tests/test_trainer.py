@@ -14,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from model_cards.generate import training_record
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = textwrap.dedent(
     """
@@ -96,14 +98,21 @@ def test_in_process_run_saves_and_resumes_exactly(tmp_path, monkeypatch, capsys,
     assert "[eval] step 6" in out and "[done] final checkpoint in run/final" in out
     final = tmp_path / "run" / "final"
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "training_config.yaml"} <= set(os.listdir(final))
+    first = json.loads((final / "train_results.json").read_text())
+    assert abs(first["train_seconds_total"] - first["train_runtime"]) < 5  # one process: the Trainer's own time
     shutil.copytree(tmp_path / "run", tmp_path / "resumed")
     for name in ("checkpoint-6", "final"):
         shutil.rmtree(tmp_path / "resumed" / name)
+    (tmp_path / "resumed" / "checkpoint-3" / "clock.json").write_text(json.dumps({"seconds": 1000.0}))
     out = train_in_process(tmp_path, monkeypatch, capsys, "--output_dir", "resumed", *short,
                            "--resume_from_checkpoint", "latest")
     assert "[resume] from resumed/checkpoint-3" in out
     a, b = load_file(final / "model.safetensors"), load_file(tmp_path / "resumed" / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    # The resumed run's time counts on from the checkpoint's, and the benchmarks read the sum.
+    resumed = json.loads((tmp_path / "resumed" / "final" / "train_results.json").read_text())
+    assert 1000 < resumed["train_seconds_total"] < 1000 + resumed["train_runtime"] + 5
+    assert training_record(tmp_path / "resumed" / "final")["train_seconds"] == resumed["train_seconds_total"]
 
 
 def test_a_grouped_stream_is_read_in_order_and_any_other_dataset_shuffled(tmp_path):

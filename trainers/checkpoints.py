@@ -1,11 +1,12 @@
 """Training state on disk: checkpoints written atomically (whole or absent, wherever a run is killed), the newest
 complete one found for a resume, and the state of ours that each checkpoint carries with the Trainer's (the hop
-curriculum, the EMA of the weights)."""
+curriculum, the EMA of the weights, the training time so far)."""
 
 import json
 import os
 import re
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
+CLOCK_FILE = "clock.json"
 CURRICULUM_FILE = "curriculum.json"
 EMA_FILE = "ema.safetensors"
 STAGING_DIR = ".staging"  # checkpoints are written here, then renamed into place
@@ -140,10 +142,13 @@ def drop_old_checkpoints(output_dir, limit, keep=None):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def write_train_results(final_dir, train_output, train_data):
-    """`train_results.json`, read by the benchmarks: the Trainer's metrics and the hops the curriculum reached, which
-    may fall short of --max_hops (the trained range)."""
+def write_train_results(final_dir, train_output, train_data, clock=None):
+    """`train_results.json`, read by the benchmarks: the Trainer's metrics, the training seconds summed over resumes
+    (`train_seconds_total`, where the clock knows them) and the hops the curriculum reached, which may fall short of
+    --max_hops (the trained range)."""
     metrics = dict(train_output.metrics)
+    if clock is not None and clock.seconds is not None:
+        metrics["train_seconds_total"] = clock.seconds
     if train_data.max_hops is not None:  # a file trained without the curriculum has no such limit
         metrics["trained_max_hops"] = train_data.max_hops
     Path(final_dir, "train_results.json").write_text(json.dumps(metrics, indent=2))
@@ -183,6 +188,33 @@ class CurriculumCallback(TrainerCallback):
     def restore(self, checkpoint_dir):
         state = json.loads(Path(checkpoint_dir, CURRICULUM_FILE).read_text())
         self.dataset.max_hops, self.correct, self.count = state["max_hops"], state["correct"], state["count"]
+
+
+class TrainingClock(TrainerCallback):
+    """Wall seconds of training summed over resumes: the Trainer's `train_runtime` counts the last process only, so
+    every checkpoint records the seconds spent up to it (`clock.json`) and a resumed run counts on from there. Steps
+    done after the last checkpoint of a killed run are not counted: they are trained again. A checkpoint without the
+    file (written before it existed) leaves the total unknown (None)."""
+
+    def __init__(self):
+        self.earlier, self.started, self.seconds = 0.0, None, None
+
+    def elapsed(self):
+        return None if self.earlier is None else self.earlier + time.perf_counter() - self.started
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.seconds = self.elapsed()
+
+    def save(self, checkpoint_dir):
+        if self.earlier is not None:
+            Path(checkpoint_dir, CLOCK_FILE).write_text(json.dumps({"seconds": self.elapsed()}))
+
+    def restore(self, checkpoint_dir):
+        path = Path(checkpoint_dir, CLOCK_FILE)
+        self.earlier = json.loads(path.read_text())["seconds"] if path.is_file() else None
 
 
 class PromptStageCallback(TrainerCallback):

@@ -54,8 +54,8 @@ from trainers.arguments import (  # noqa: E402
     DataArguments, ModelArguments, RecursionArguments, RunArguments, command_line, parse_arguments,
 )
 from trainers.checkpoints import (  # noqa: E402
-    STAGING_DIR, BackboneFreezeCallback, CurriculumCallback, PromptStageCallback, WeightEMA, commit_directory,
-    drop_old_checkpoints, resolve_resume, save_tokenizer, write_train_results, writing_final,
+    STAGING_DIR, BackboneFreezeCallback, CurriculumCallback, PromptStageCallback, TrainingClock, WeightEMA,
+    commit_directory, drop_old_checkpoints, resolve_resume, save_tokenizer, write_train_results, writing_final,
 )
 
 __all__ = ["DataArguments", "HopChainStream", "ModelArguments", "RecursionArguments", "main"]
@@ -108,12 +108,19 @@ class BackboneLMTrainer(StreamTrainer):
 
 class RLFTrainer(StreamTrainer):
     """Stage 2: the loop-supervision loss, the curriculum's accuracy feed, exact-match evaluation per number of
-    steps, and atomic checkpoints that carry the curriculum and EMA state with the Trainer's own."""
+    steps, and atomic checkpoints that carry the curriculum, EMA and training-time state with the Trainer's own."""
 
     def __init__(self, *args, recursion_args=None, curriculum=None, ema=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.recursion_args, self.curriculum, self.ema = recursion_args, curriculum, ema
+        self.clock = TrainingClock()
+        self.add_callback(self.clock)
         self.staging = False
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        if resume_from_checkpoint:
+            self.clock.restore(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def create_optimizer(self, model=None):
         if self.recursion_args.core_optimizer == "muon" and self.optimizer is None:
@@ -189,6 +196,7 @@ class RLFTrainer(StreamTrainer):
                 self.curriculum.save(staged)
             if self.ema is not None:
                 self.ema.save(staged)
+            self.clock.save(staged)
             commit_directory(staged, Path(self.args.output_dir, name))
             best = self.state.best_model_checkpoint
             if best is not None and STAGING_DIR in Path(best).parts:
@@ -572,7 +580,7 @@ def save_final(run, trainer, train_output, train_data):
             (staged / "training_args.bin").unlink(missing_ok=True)  # pickled and redundant with training_config.yaml
             save_tokenizer(run.tokenizer, run.model.config, staged)
             Path(staged, "training_config.yaml").write_text(Path(output_dir, "training_config.yaml").read_text())
-            write_train_results(staged, train_output, train_data)
+            write_train_results(staged, train_output, train_data, trainer.clock)
             write_model_card(staged, location=Path(output_dir, "final"))
     return Path(output_dir, "final")
 

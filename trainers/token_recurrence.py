@@ -104,7 +104,7 @@ def main(argv=None):
                       "recursion": vars(recursion), "config_file": args.config_path, "seed": training.seed,
                       "baseline": "token_recurrence"}
         Path(staged, "training_config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
-        write_train_results(staged, train_output, train_data)
+        write_train_results(staged, train_output, train_data, trainer.clock)
 
 
 if __name__ == "__main__":
