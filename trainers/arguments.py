@@ -10,7 +10,7 @@ import re
 import shlex
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -143,6 +143,11 @@ class DataArguments:
             raise ValueError(f"--prosqa_replay must be in [0, 1) (got {self.prosqa_replay})")
         if not 0 <= self.prosqa_large_graphs <= 1:
             raise ValueError(f"--prosqa_large_graphs must be in [0, 1] (got {self.prosqa_large_graphs})")
+        prosqa_options = [f"--{f.name}" for f in fields(self)
+                          if f.name.startswith("prosqa_") and getattr(self, f.name) != f.default]
+        if prosqa_options and (self.task != "prosqa" or self.from_files):
+            raise ValueError(f"{', '.join(prosqa_options)}: options of the ProsQA generator, which this run does "
+                             "not use (it needs --task prosqa, without --train_file / --dataset_name)")
         if self.from_files and self.mix_arith:
             raise ValueError("--mix_arith mixes generated arith chains into generated data; it does not apply to "
                              "--train_file / --dataset_name")
