@@ -271,6 +271,7 @@ def ctr_table(path):
 # The published ProsQA test accuracies (Coconut, Hao et al. 2024, Table 1: GPT-2 124M pretrained, 4 GPUs, 50 epochs on
 # the 17,886-example train split), next to which our runs are shown.
 PROSQA_PUBLISHED = {"Coconut": 97.0, "iCoT": 98.2, "CoT": 77.5, "no-CoT": 76.7, "pause tokens": 75.9}
+HALTING_PREFIX = "prosqa_halting_"  # benchmarks/prosqa_halting.py's JSON files: a table of their own
 
 
 def robustness_tables(docs):
@@ -298,7 +299,8 @@ def robustness_tables(docs):
 def prosqa_tables(docs):
     """One row per `docs/prosqa_*.json` (written by benchmarks/prosqa.py; `label` says what the run is): accuracy,
     path validity and `<HALT>` over the whole split, then deeper generated graphs, each with its 95% interval."""
-    paths = sorted(docs.glob("prosqa_*.json"), key=lambda path: (json.loads(path.read_text()).get("order", 1e9), path.name))
+    paths = [path for path in docs.glob("prosqa_*.json") if not path.name.startswith(HALTING_PREFIX)]
+    paths.sort(key=lambda path: (json.loads(path.read_text()).get("order", 1e9), path.name))
     if not paths:
         return []
     lines = ["## ProsQA", "",
@@ -322,6 +324,28 @@ def prosqa_tables(docs):
                                        json.loads(path.read_text())["data_figures"]["per_path_length"].items() if n != "all")
         for path in paths) + ".", ""]
     return lines
+
+
+def prosqa_halting_table(docs):
+    """One row per shortest-path length of each `docs/prosqa_halting_*.json` (benchmarks/prosqa_halting.py): when
+    the model answered against loop d + 1, what it answered, and its search at loop d + 1 with the halt ignored."""
+    paths = sorted(docs.glob(f"{HALTING_PREFIX}*.json"))
+    if not paths:
+        return []
+    lines = ["ProsQA halting (`benchmarks/prosqa_halting.py`): when a frontier model answers against loop d + 1, where "
+             "its targets put the answer, what it answers, and, with the halt ignored, whether loop d + 1 ranks the "
+             "target above the other option and first of all tokens (timed by d, which the model is not told: a "
+             "diagnostic of the search, not an accuracy).", "",
+             "| model | data | d | n | early % | on time % | late % | target % | other option % | neither % | "
+             "d + 1: target over other % | d + 1: target first % | JSON |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        r = json.loads(path.read_text())
+        data = "generated 7-8 step graphs" if r["data"] == "generated" else f"`{Path(r['data']).name}`"
+        for d, row in r["per_path_length"].items():
+            cells = " | ".join(pct(row[key]) for key in ("early", "on_time", "late", "target", "other_option",
+                                                         "neither", "target_beats_other_at_d+1", "target_best_at_d+1"))
+            lines.append(f"| `{r['model']}` | {data} | {d} | {row['n']} | {cells} | `{path.name}` |")
+    return lines + [""]
 
 
 def run_suite(checkpoint, docs, name, label=None, section=None):
@@ -411,7 +435,7 @@ def main():
         lines += [f"## {SECTIONS.get(section, section)}", ""]
         for path, _, label, _ in section_runs:
             lines += ood_table(path, label) + [""]
-    lines += prosqa_tables(docs)
+    lines += prosqa_tables(docs) + prosqa_halting_table(docs)
     lines += robustness_tables(docs)
     renderers = {"inference_ablations_default.json": ablation_tables, "depth_sweep_default.csv": depth_sweep_table,
                  "throughput_default.json": throughput_tables} | dict.fromkeys(ctr_files(docs), ctr_table)

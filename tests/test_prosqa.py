@@ -6,13 +6,18 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from dataset_scripts.prosqa import (
-    CURRICULUM, SUPERVISIONS, curriculum_example, is_valid_path, make_prosqa_example, shortest_paths, to_example,
+    CURRICULUM, SUPERVISIONS, VOCABULARY, curriculum_example, generate_prosqa, is_valid_path, make_prosqa_example,
+    shortest_paths, to_example,
 )
-from recursive_latent.examples import normalize_example
+from dataset_scripts.tokenizer import build_tokenizer
+from recursive_latent.examples import HALT_TOKEN, normalize_example
+from recursive_latent.modeling_recursive import RecursiveLatentForCausalLM
 from tests.test_trainer import ROOT
 
 PROSQA = Path(__file__).resolve().parents[2] / "shared" / "data" / "prosqa"
@@ -155,3 +160,64 @@ def test_the_config_holds_its_learning_rate_then_decays_it_to_zero_over_the_last
     assert rates[decay_start] == pytest.approx(args.learning_rate)
     assert rates[decay_start + 1500] == pytest.approx(args.learning_rate / 2, rel=1e-3)
     assert rates[-1] < args.learning_rate / 1000
+
+
+class ScriptedModel:
+    """A stand-in for a frontier model whose loops are known: each example answers `word` at loop `answer_loop`
+    (1-based), then `<HALT>`; with the halt ignored, loop d + 1 ranks `best` first, then `second`."""
+
+    def __init__(self, tokenizer, plans):
+        self.tokenizer, self.plans = tokenizer, plans
+        self.config = SimpleNamespace(base_lane=None, halt_token_id=tokenizer.convert_tokens_to_ids(HALT_TOKEN))
+        self.device = torch.device("cpu")
+
+    def eval(self):
+        return self
+
+    def reason(self, input_ids, attention_mask=None, max_loops=None, **kwargs):
+        ids = self.tokenizer.convert_tokens_to_ids
+        return SimpleNamespace(loops=torch.tensor([plan["answer_loop"] + 1 for plan in self.plans]),
+                               halted=torch.ones(len(self.plans), dtype=torch.bool),
+                               answer_ids=torch.tensor([ids(plan["word"]) for plan in self.plans]))
+
+    def __call__(self, input_ids, attention_mask=None, num_loops=None):
+        logits = torch.zeros(len(self.plans), num_loops, len(self.tokenizer))
+        for row, plan in enumerate(self.plans):
+            logits[row, :, self.config.halt_token_id] = 9.0  # ruled out by `without_halt`
+            logits[row, plan["d"], self.tokenizer.convert_tokens_to_ids(plan["best"])] = 2.0
+            logits[row, plan["d"], self.tokenizer.convert_tokens_to_ids(plan["second"])] = 1.0
+        return SimpleNamespace(loop_logits=logits)
+
+    without_halt = RecursiveLatentForCausalLM.without_halt
+
+
+def test_the_halting_diagnostic_places_each_answer_against_the_loop_the_search_reaches_the_target(tmp_path):
+    """`benchmarks/prosqa_halting.py` on three graphs with 3-step paths: one answered on time (loop 4) with the
+    target, one early (loop 2) with a concept of its search, one late (loop 6) with the other option."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from prosqa_halting import diagnose
+
+    tokenizer = build_tokenizer(VOCABULARY)
+    examples = generate_prosqa(3, seed=5, path_lengths=(3, 3))
+    target, other = [[e["idx_to_symbol"][e[key]] for e in examples] for key in ("target", "neg_target")]
+    search = [shortest_paths(e)[0][0] for e in examples]  # a concept one step from the person
+    plans = [dict(d=3, answer_loop=4, word=target[0], best=target[0], second=other[0]),
+             dict(d=3, answer_loop=2, word=search[1], best=target[1], second=other[1]),
+             dict(d=3, answer_loop=6, word=other[2], best=other[2], second=target[2])]
+    row = diagnose(ScriptedModel(tokenizer, plans), tokenizer, examples, loops=8, batch_size=3)["3"]
+    thirds = {key: row[key] * 3 for key in ("early", "on_time", "late", "target", "other_option", "neither",
+                                             "target_beats_other_at_d+1", "target_best_at_d+1")}
+    assert thirds == pytest.approx({"early": 1, "on_time": 1, "late": 1, "target": 1, "other_option": 1,
+                                    "neither": 1, "target_beats_other_at_d+1": 2, "target_best_at_d+1": 2})
+    assert row["n"] == 3 and row["answer_loop_minus_d_plus_1"] == {"-2": 1, "0": 1, "2": 1}
+
+    from report import prosqa_halting_table, prosqa_tables  # docs/results.md's table of such files
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "prosqa_halting_scripted.json").write_text(json.dumps(
+        {"model": "scripted", "data": "generated", "per_path_length": {"3": row}}))
+    assert prosqa_tables(docs) == []  # not a benchmarks/prosqa.py file
+    table = prosqa_halting_table(docs)
+    assert "| `scripted` | generated 7-8 step graphs | 3 | 3 | 33.3 | 33.3 | 33.3 | 33.3 | 33.3 | 33.3 | 66.7 | 66.7 |" \
+        " `prosqa_halting_scripted.json` |" in table
