@@ -376,15 +376,19 @@ def to_example(example: dict, supervision: str = "frontier") -> dict:
 
 
 def curriculum_example(rng: random.Random, stage: int, replay: float = 0.25, supervision: str = "frontier",
-                       large: float = 0.0) -> dict:
+                       large: float = 0.0, even_depths: float = 0.0) -> dict:
     """A training example at curriculum `stage` (1-based, up to ``len(CURRICULUM)``): a `replay` share is drawn from
-    an earlier stage, so that small graphs are not forgotten; at the last stage a `large` share grows
-    ``LARGE_NUM_NODES`` nodes, at the published path lengths."""
+    an earlier stage, so that small graphs are not forgotten. At the last stage a `large` share grows
+    ``LARGE_NUM_NODES`` nodes, at the published path lengths, and an `even_depths` share draws its path length
+    uniformly from the published 3-6 steps (which otherwise come as about 42/42/14/2%)."""
     if stage > 1 and rng.random() < replay:
         stage = rng.randint(1, stage - 1)
     num_nodes, path_lengths = CURRICULUM[min(stage, len(CURRICULUM)) - 1]
-    if large and stage >= len(CURRICULUM) and rng.random() < large:  # no draw when off: old streams stay the same
+    last = stage >= len(CURRICULUM)
+    if large and last and rng.random() < large:  # no draw when off: old streams stay the same
         num_nodes = LARGE_NUM_NODES
+    if even_depths and last and rng.random() < even_depths:
+        path_lengths = rng.randint(*PATH_LENGTHS)
     return to_example(make_prosqa_example(rng, path_lengths=path_lengths, num_nodes=num_nodes), supervision)
 
 

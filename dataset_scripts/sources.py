@@ -109,18 +109,19 @@ class HopChainStream(torch.utils.data.Dataset):
 class ProsQAStream(torch.utils.data.Dataset):
     """Fresh ProsQA-style examples made on the fly, deterministic in (seed, i, stage) like `HopChainStream`; the
     curriculum's `max_hops` is the graph-size stage (`dataset_scripts.prosqa.CURRICULUM`, the last one the published
-    distribution), with a `replay` share of earlier stages and, at the last stage, a `large` share of larger graphs."""
+    distribution), with a `replay` share of earlier stages and, at the last stage, a `large` share of larger graphs
+    and an `even_depths` share of path lengths drawn uniformly."""
 
-    def __init__(self, size, seed, max_hops, supervision, replay, large=0.0):
+    def __init__(self, size, seed, max_hops, supervision, replay, large=0.0, even_depths=0.0):
         self.size, self.seed, self.max_hops, self.supervision, self.replay = size, seed, max_hops, supervision, replay
-        self.large = large
+        self.large, self.even_depths = large, even_depths
 
     def __len__(self):
         return self.size
 
     def __getitem__(self, index):
         rng = random.Random(self.seed * 1_000_003 + index)
-        return curriculum_example(rng, self.max_hops, self.replay, self.supervision, self.large)
+        return curriculum_example(rng, self.max_hops, self.replay, self.supervision, self.large, self.even_depths)
 
 
 class ExampleStream(torch.utils.data.Dataset):

@@ -5,6 +5,7 @@ import os
 import random
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -96,6 +97,17 @@ def test_the_large_share_grows_larger_graphs_at_the_published_depths_in_the_last
     assert {example["hops"] for example in large} <= {3, 4, 5, 6}
     assert statements(large) > 1.2 * statements(published)  # 29-40 grown nodes against 28
     assert draw(1, 1.0) == draw(1, 0.0)  # earlier stages keep their sizes, and their streams
+
+
+def test_the_even_depths_share_draws_the_published_path_lengths_uniformly_in_the_last_stage_only():
+    def depths(stage, even_depths):
+        rng = random.Random(2)
+        return Counter(curriculum_example(rng, stage, replay=0.0, even_depths=even_depths)["hops"] for _ in range(200))
+
+    published, even = depths(len(CURRICULUM), 0.0), depths(len(CURRICULUM), 1.0)
+    assert set(even) == {3, 4, 5, 6} and min(even.values()) >= 30  # about 50 each
+    assert published[6] <= 15  # about 2% as published
+    assert depths(len(CURRICULUM) - 1, 1.0) == depths(len(CURRICULUM) - 1, 0.0)  # earlier stages as they were
 
 
 @pytest.mark.slow

@@ -204,6 +204,8 @@ def test_two_process_data_parallel_keeps_ranks_identical(tmp_path):
         (lambda tmp: None, ["--output_dir", "new", "--mix_arith", "1"], "--mix_arith must be in [0, 1)"),
         (lambda tmp: None, ["--output_dir", "new", "--prosqa_large_graphs", "1.5"],
          "--prosqa_large_graphs must be in [0, 1]"),
+        (lambda tmp: None, ["--output_dir", "new", "--prosqa_even_depths", "-0.1"],
+         "--prosqa_even_depths must be in [0, 1]"),
         (lambda tmp: None, ["--output_dir", "new", "--prosqa_large_graphs", "0.5"],
          "--prosqa_large_graphs: options of the ProsQA generator, which this run does not use"),
         (lambda tmp: None, ["--output_dir", "new", "--mix_arith", "0.5", "--lane", "arith"], "does not apply"),

@@ -94,6 +94,11 @@ class DataArguments:
                           f"({LARGE_NUM_NODES[0]}-{LARGE_NUM_NODES[1]} nodes, up to the deep test's sizes) at the "
                           "published 3-6 step paths."},
     )
+    prosqa_even_depths: float = field(
+        default=0.0,
+        metadata={"help": "`prosqa`: share of the last curriculum stage's examples whose shortest path length is "
+                          "drawn uniformly from the published 3-6 steps (the published mix is about 42/42/14/2%)."},
+    )
     lane: str | None = field(
         default=None,
         metadata={"help": "Task lane (generator: `pointer`, the default, or `arith`). A lane other than the "
@@ -141,8 +146,9 @@ class DataArguments:
                              f"(got {self.prosqa_supervision!r})")
         if not 0 <= self.prosqa_replay < 1:
             raise ValueError(f"--prosqa_replay must be in [0, 1) (got {self.prosqa_replay})")
-        if not 0 <= self.prosqa_large_graphs <= 1:
-            raise ValueError(f"--prosqa_large_graphs must be in [0, 1] (got {self.prosqa_large_graphs})")
+        for name in ("prosqa_large_graphs", "prosqa_even_depths"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"--{name} must be in [0, 1] (got {getattr(self, name)})")
         prosqa_options = [f"--{f.name}" for f in fields(self)
                           if f.name.startswith("prosqa_") and getattr(self, f.name) != f.default]
         if prosqa_options and (self.task != "prosqa" or self.from_files):

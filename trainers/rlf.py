@@ -359,6 +359,7 @@ def describe_data(data_args, train, validation):
         return {"source": "generator", "generator": "dataset_scripts.prosqa", "lane": data_args.lane,
                 "supervision": data_args.prosqa_supervision, "curriculum": [list(stage) for stage in CURRICULUM],
                 "replay": data_args.prosqa_replay, "large_graphs": data_args.prosqa_large_graphs,
+                "even_depths": data_args.prosqa_even_depths,
                 "validation": data_args.validation_file}
     if train is None:
         return {"source": "generator", "generator": "dataset_scripts.hop_chains", "lane": data_args.lane,
@@ -469,7 +470,7 @@ def training_stream(run, size, seed, max_hops, curriculum=False, **options):
         return ExampleStream(run.train_examples, max_hops if curriculum else None)
     if data_args.task == "prosqa":
         return ProsQAStream(size, seed, max_hops, data_args.prosqa_supervision, data_args.prosqa_replay,
-                            data_args.prosqa_large_graphs)
+                            data_args.prosqa_large_graphs, data_args.prosqa_even_depths)
     grouped = run.training.train_sampling_strategy == "group_by_length"
     batch_size = run.training.per_device_train_batch_size if grouped else None
     return HopChainStream(data_args, task_words(run.tokenizer), size, seed=seed, max_hops=max_hops,
