@@ -300,7 +300,7 @@ def prosqa_tables(docs):
     """One row per `docs/prosqa_*.json` (written by benchmarks/prosqa.py; `label` says what the run is): accuracy,
     path validity and `<HALT>` over the whole split, then deeper generated graphs, each with its 95% interval."""
     paths = [path for path in docs.glob("prosqa_*.json") if not path.name.startswith(HALTING_PREFIX)]
-    paths.sort(key=lambda path: (json.loads(path.read_text()).get("order", 1e9), path.name))
+    paths.sort(key=lambda path: run_order(json.loads(path.read_text()), path))
     if not paths:
         return []
     lines = ["## ProsQA", "",
