@@ -80,6 +80,14 @@ def write_results(results, json_path, plot):
     print(f"wrote {json_path} and {plot(json_path)}")
 
 
+def save_figure(fig, json_path, png_path=None):
+    """Lay `fig` out and save it at `png_path` (default: the JSON's path with `.png`); returns where."""
+    fig.tight_layout()
+    png_path = png_path or Path(json_path).with_suffix(".png")
+    fig.savefig(png_path, dpi=120)
+    return png_path
+
+
 def plot_ood_hops(json_path, png_path=None):
     """Answer and trace exact match vs hops (or steps, for `evaluate_file.json`), with 95% intervals and the training
     range shaded; drawn from the JSON alone."""
@@ -114,10 +122,7 @@ def plot_ood_hops(json_path, png_path=None):
     ax.set_ylim(0, 101)
     ax.set_title(title)
     ax.legend(loc="lower left")
-    fig.tight_layout()
-    png_path = png_path or Path(json_path).with_suffix(".png")
-    fig.savefig(png_path, dpi=120)
-    return png_path
+    return save_figure(fig, json_path, png_path)
 
 
 def main():

@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dataset_scripts.prosqa import DEEP_OPTIONS, generate_prosqa, is_valid_path
 from model_cards.generate import training_record
-from ood_hops import command_line, write_results
+from ood_hops import command_line, save_figure, write_results
 from recursive_latent.evaluation import evaluate_examples, wilson_interval
 from recursive_latent.examples import HALT_TOKEN
 
@@ -36,6 +36,16 @@ def read_path(prediction, answer):
     while len(words) > 1 and words[-2] == words[-1]:  # a frontier's last member can be the answer itself
         words.pop()
     return words if words and words[-1] == answer else words + [answer]
+
+
+def read_examples(parser, data_file):
+    """The examples of a ProsQA JSON file; a missing or broken file ends the script with a one-line error."""
+    if not data_file.is_file():
+        parser.error(f"{data_file}: no such file")
+    try:
+        return json.loads(data_file.read_text())
+    except json.JSONDecodeError as error:
+        parser.error(f"{data_file} is not JSON ({error.msg})")
 
 
 def score(model, tokenizer, examples, batch_size):
@@ -96,10 +106,7 @@ def plot_prosqa(json_path, png_path=None):
     ax.set_ylim(0, 101)
     ax.set_title(f"ProsQA: {Path(results['data']).name} and {results['deep_n']} deeper graphs")
     ax.legend(loc="lower left")
-    fig.tight_layout()
-    png_path = png_path or Path(json_path).with_suffix(".png")
-    fig.savefig(png_path, dpi=120)
-    return png_path
+    return save_figure(fig, json_path, png_path)
 
 
 def main():
@@ -114,12 +121,7 @@ def main():
     parser.add_argument("--order", type=int, default=None, help="its row in docs/results.md's ProsQA table")
     args = parser.parse_args()
     data_file = Path(args.data)
-    if not data_file.is_file():
-        parser.error(f"{data_file}: no such file")
-    try:
-        examples = json.loads(data_file.read_text())
-    except json.JSONDecodeError as error:
-        parser.error(f"{data_file} is not JSON ({error.msg})")
+    examples = read_examples(parser, data_file)
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True).eval()

@@ -23,12 +23,12 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
-from prosqa import DEEP_SEED
+from prosqa import DEEP_SEED, read_examples
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dataset_scripts.prosqa import DEEP_OPTIONS, generate_prosqa, shortest_paths
+from dataset_scripts.prosqa import DEEP_OPTIONS, generate_prosqa
 from model_cards.generate import training_record
-from ood_hops import command_line, write_results
+from ood_hops import command_line, save_figure, write_results
 from recursive_latent.evaluation import reason_batches, wilson_interval
 
 OUTCOMES = ("early", "on_time", "late", "target", "other_option", "neither", "target_beats_other_at_d+1",
@@ -43,7 +43,7 @@ def diagnose(model, tokenizer, examples, loops, batch_size):
     for chunk, inputs, out in reason_batches(model, tokenizer, examples, batch_size, progress=True):
         free = model.without_halt(model(**inputs, num_loops=loops).loop_logits)  # (B, loops, V), the halt ruled out
         for row, example in enumerate(chunk):
-            names, d = example["idx_to_symbol"], len(shortest_paths(example)[0])
+            names, d = example["idx_to_symbol"], len(example["steps"])  # the steps follow a shortest path
             target, other = token(names[example["target"]]), token(names[example["neg_target"]])
             answer_loop = int(out.loops[row]) - int(out.halted[row])  # 1-based; the `<HALT>` loop does not answer
             offset = answer_loop - (d + 1)
@@ -86,10 +86,7 @@ def plot_halting(json_path, png_path=None):
     ax.set_ylabel("% of graphs")
     ax.set_title(f"ProsQA: when {Path(results['model']).parent.name} answers")
     ax.legend()
-    fig.tight_layout()
-    png_path = png_path or Path(json_path).with_suffix(".png")
-    fig.savefig(png_path, dpi=120)
-    return png_path
+    return save_figure(fig, json_path, png_path)
 
 
 def main():
@@ -104,10 +101,8 @@ def main():
     args = parser.parse_args()
     if args.data is not None:
         data_file = Path(args.data)
-        if not data_file.is_file():
-            parser.error(f"{data_file}: no such file")
-        examples, source = json.loads(data_file.read_text()), {
-            "data": str(data_file), "data_sha256": hashlib.sha256(data_file.read_bytes()).hexdigest()}
+        examples = read_examples(parser, data_file)
+        source = {"data": str(data_file), "data_sha256": hashlib.sha256(data_file.read_bytes()).hexdigest()}
     else:
         examples = generate_prosqa(args.n, seed=args.seed, **DEEP_OPTIONS)
         source = {"data": "generated", "seed": args.seed, "options": DEEP_OPTIONS}
