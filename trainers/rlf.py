@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import transformers
 import yaml
 from huggingface_hub import get_token
 from transformers import EarlyStoppingCallback, Trainer
@@ -562,11 +563,14 @@ def train_core(run):
 
 
 def run_record(run):
-    """training_config.yaml: how the run was started, so that it can be repeated and described."""
+    """training_config.yaml: how the run was started, so that it can be repeated and described. A seeded run repeats
+    bit for bit only at the same thread count (it changes the order of float sums), so the record keeps it."""
     args = run.args
     return {"command": command_line("rlf.py", args.argv), "model": asdict(args.model), "model_config": args.model_config,
             "data": asdict(args.data), "data_source": run.data_source, "recursion": asdict(args.recursion),
-            "config_file": args.config_path, "seed": args.training.seed}
+            "config_file": args.config_path, "seed": args.training.seed,
+            "environment": {"torch_threads": torch.get_num_threads(), "torch": str(torch.__version__),
+                            "transformers": transformers.__version__}}
 
 
 def save_final(run, trainer, train_output, train_data):
