@@ -25,6 +25,9 @@ class OptimizerPair(torch.optim.Optimizer):
     def load_state_dict(self, state_dict):
         for optimizer, state in zip(self.optimizers, state_dict["optimizers"]):
             optimizer.load_state_dict(state)
+        # torch builds new group dicts on load (and accelerate reloads every optimizer it wraps): without pointing at
+        # them, a scheduler would set learning rates that no optimizer reads
+        self.param_groups = [group for o in self.optimizers for group in o.param_groups]
 
 
 def muon_with_adamw(model, lr, weight_decay, decay_names, betas=(0.9, 0.999), eps=1e-8):

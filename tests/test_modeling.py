@@ -352,3 +352,20 @@ def test_muon_steps_the_core_matrices_and_follows_the_scheduler(batch):
     restored = muon_with_adamw(model, lr=1e-2, weight_decay=0.01, decay_names=names)
     restored.load_state_dict(optimizer.state_dict())
     assert restored.optimizers[0].state_dict()["state"].keys() == muon.state_dict()["state"].keys()
+
+
+def test_muon_follows_the_scheduler_once_wrapped_by_accelerate():
+    """accelerate reloads the state of every optimizer it wraps, which gives torch's optimizers new group dicts: the
+    scheduler the Trainer builds must still reach the learning rates the optimizers read (it once did not, and every
+    warm-up and decay of a Muon run was a constant learning rate)."""
+    from accelerate import Accelerator
+
+    from recursive_latent.optimization import muon_with_adamw
+
+    model = build()
+    wrapped = Accelerator(cpu=True).prepare(muon_with_adamw(model, lr=1e-2, weight_decay=0.0, decay_names=set()))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(wrapped, lambda step: 0.1 * (step + 1))
+    scheduler.step()
+    scheduler.step()
+    for optimizer in wrapped.optimizer.optimizers:
+        assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([3e-3] * len(optimizer.param_groups))
