@@ -148,9 +148,9 @@ def test_a_short_run_trains_on_generated_graphs_and_the_benchmark_scores_it(tmp_
     assert figures["command"].startswith("python benchmarks/prosqa.py --model ") and figures["machine"]["threads"] >= 1
 
 
-def test_the_config_holds_its_learning_rate_then_decays_it_to_zero_over_the_last_3000_steps(tmp_path):
-    """prosqa.yaml's schedule as the Trainer builds it (`get_scheduler` with the parsed arguments): warm-up, constant
-    until 3,000 steps before the end, then linear to 0."""
+def test_the_config_trains_at_the_constant_learning_rate_its_figures_were_measured_at(tmp_path):
+    """prosqa.yaml's schedule as the Trainer builds it (`get_scheduler` with the parsed arguments) holds the rate from
+    the first step to the last: its runs were measured so (the decay it once named never reached Muon's groups)."""
     import torch
     from transformers import get_scheduler
 
@@ -159,19 +159,14 @@ def test_the_config_holds_its_learning_rate_then_decays_it_to_zero_over_the_last
     args = parse_arguments(["--config", str(ROOT / "trainers" / "configs" / "prosqa.yaml"), "--output_dir",
                             str(tmp_path)]).training
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
-    warmup = args.get_warmup_steps(args.max_steps)
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, warmup, args.max_steps,
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.get_warmup_steps(args.max_steps), args.max_steps,
                               scheduler_specific_kwargs=args.lr_scheduler_kwargs)
-    rates = []
+    rates = set()
     for _ in range(args.max_steps):
-        rates.append(scheduler.get_last_lr()[0])
+        rates.add(scheduler.get_last_lr()[0])
         optimizer.step()
         scheduler.step()
-    decay_start = args.max_steps - 3000
-    assert warmup == 200 and rates[0] < rates[warmup] == pytest.approx(args.learning_rate)
-    assert rates[decay_start] == pytest.approx(args.learning_rate)
-    assert rates[decay_start + 1500] == pytest.approx(args.learning_rate / 2, rel=1e-3)
-    assert rates[-1] < args.learning_rate / 1000
+    assert rates == {args.learning_rate} and args.learning_rate == 2e-3
 
 
 class ScriptedModel:
