@@ -18,7 +18,6 @@ name) are written into the JSON; copy it to docs/ood_hops_<name>.json and run be
 
 import argparse
 import json
-import platform
 import resource
 import shlex
 import sys
@@ -32,7 +31,7 @@ from dataset_scripts.hop_chains import LANES, check_arith_ops, generate_examples
 from dataset_scripts.tokenizer import task_words
 from model_cards.generate import training_record
 from recursive_latent.configuration_recursive import MAX_INFERENCE_LOOPS
-from recursive_latent.evaluation import evaluate_examples
+from recursive_latent.evaluation import evaluate_examples, machine_facts
 
 DEFAULT_HOPS = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 64]
 BENCHMARK_SEED = 1_000_000  # far from the trainer's seeds (training streams use small seeds, validation 10,000+h)
@@ -75,8 +74,7 @@ def command_line():
 def write_results(results, json_path, plot):
     """`results` and the machine they were measured on, as JSON at `json_path`; then `plot` draws the figure from that
     file alone. Prints where both are."""
-    machine = {"threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__}
-    json_path.write_text(json.dumps({**results, "machine": machine}, indent=2))
+    json_path.write_text(json.dumps({**results, "machine": machine_facts()}, indent=2))
     print(f"wrote {json_path} and {plot(json_path)}")
 
 

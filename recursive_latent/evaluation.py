@@ -2,15 +2,24 @@
 by number of steps; shared by the trainer and the benchmarks."""
 
 import math
+import platform
 import time
 from collections import Counter, defaultdict
 from types import SimpleNamespace
 
 import torch
+import transformers
 from tqdm.auto import tqdm
 
 from .configuration_recursive import MAX_INFERENCE_LOOPS
 from .examples import HALT_TOKEN, LoopTargets, normalize_examples
+
+
+def machine_facts():
+    """What a figure or a run depends on beyond its seed: the torch thread count (it sets the order of float sums, so
+    a seeded run repeats bit for bit only at the same count), the platform and the library versions."""
+    return {"threads": torch.get_num_threads(), "platform": platform.platform(), "torch": str(torch.__version__),
+            "transformers": transformers.__version__}
 
 
 def wilson_interval(successes, total, z=1.96):

@@ -10,7 +10,10 @@ class OptimizerPair(torch.optim.Optimizer):
     def __init__(self, *optimizers):
         self.optimizers = optimizers
         super().__init__([p for o in optimizers for group in o.param_groups for p in group["params"]], {})
-        self.param_groups = [group for o in optimizers for group in o.param_groups]
+        self._share_groups()
+
+    def _share_groups(self):
+        self.param_groups = [group for o in self.optimizers for group in o.param_groups]
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -27,7 +30,7 @@ class OptimizerPair(torch.optim.Optimizer):
             optimizer.load_state_dict(state)
         # torch builds new group dicts on load (and accelerate reloads every optimizer it wraps): without pointing at
         # them, a scheduler would set learning rates that no optimizer reads
-        self.param_groups = [group for o in self.optimizers for group in o.param_groups]
+        self._share_groups()
 
 
 def muon_with_adamw(model, lr, weight_decay, decay_names, betas=(0.9, 0.999), eps=1e-8):

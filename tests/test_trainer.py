@@ -101,9 +101,9 @@ def test_in_process_run_saves_and_resumes_exactly(tmp_path, monkeypatch, capsys,
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "training_config.yaml"} <= set(os.listdir(final))
     first = json.loads((final / "train_results.json").read_text())
     assert abs(first["train_seconds_total"] - first["train_runtime"]) < 5  # one process: the Trainer's own time
-    environment = yaml.safe_load((final / "training_config.yaml").read_text())["environment"]
-    assert environment["torch_threads"] == 1  # train_in_process's; a seeded run repeats bit for bit at this count
-    assert environment["torch"] == torch.__version__
+    machine = yaml.safe_load((final / "training_config.yaml").read_text())["machine"]
+    assert machine["threads"] == 1  # train_in_process's; a seeded run repeats bit for bit at this count
+    assert machine["torch"] == torch.__version__
     shutil.copytree(tmp_path / "run", tmp_path / "resumed")
     for name in ("checkpoint-6", "final"):
         shutil.rmtree(tmp_path / "resumed" / name)

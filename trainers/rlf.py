@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import transformers
 import yaml
 from huggingface_hub import get_token
 from transformers import EarlyStoppingCallback, Trainer
@@ -47,7 +46,7 @@ from dataset_scripts.sources import (  # noqa: E402
 from dataset_scripts.tokenizer import build_tokenizer, load_tokenizer, task_words, vocabulary_from_examples  # noqa: E402
 from model_cards.generate import write_model_card  # noqa: E402
 from recursive_latent import RecursiveLatentConfig, RecursiveLatentForCausalLM  # noqa: E402
-from recursive_latent.evaluation import evaluate_examples  # noqa: E402
+from recursive_latent.evaluation import evaluate_examples, machine_facts  # noqa: E402
 from recursive_latent.examples import HALT_TOKEN, ExampleError, LoopTargets, load_examples  # noqa: E402
 from recursive_latent.hub import HubPushError, push_checkpoint  # noqa: E402
 from recursive_latent.optimization import muon_with_adamw  # noqa: E402
@@ -563,14 +562,12 @@ def train_core(run):
 
 
 def run_record(run):
-    """training_config.yaml: how the run was started, so that it can be repeated and described. A seeded run repeats
-    bit for bit only at the same thread count (it changes the order of float sums), so the record keeps it."""
+    """training_config.yaml: how the run was started and on what, so that it can be repeated and described."""
     args = run.args
     return {"command": command_line("rlf.py", args.argv), "model": asdict(args.model), "model_config": args.model_config,
             "data": asdict(args.data), "data_source": run.data_source, "recursion": asdict(args.recursion),
             "config_file": args.config_path, "seed": args.training.seed,
-            "environment": {"torch_threads": torch.get_num_threads(), "torch": str(torch.__version__),
-                            "transformers": transformers.__version__}}
+            "machine": machine_facts()}
 
 
 def save_final(run, trainer, train_output, train_data):
