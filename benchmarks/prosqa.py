@@ -7,8 +7,9 @@ Accuracy: the answer sentence `<person> is a <predicted concept>.` equals the ex
 match). Path validity: the concepts the loops named before the answer form an edge path from the person to the answer
 in that example's graph (`dataset_scripts.prosqa.is_valid_path`; any path counts, the JSON says how many were
 shortest). For a `frontier` model, whose loops hold search frontiers, the path is read the same way: the argmax of
-each loop. Writes DIR/prosqa.json first (every figure with its 95% Wilson interval, per path length and overall,
-examples/s, the data's checksum, the seeds), then DIR/prosqa.png drawn from the JSON alone.
+each loop; a `frontier_walk` model's is its walk back from the target, read backwards (the checkpoint's
+training_config.yaml says which). Writes DIR/prosqa.json first (every figure with its 95% Wilson interval, per path
+length and overall, examples/s, the data's checksum, the seeds), then DIR/prosqa.png drawn from the JSON alone.
 """
 
 import argparse
@@ -19,6 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dataset_scripts.prosqa import DEEP_OPTIONS, generate_prosqa, is_valid_path
@@ -30,12 +32,24 @@ from recursive_latent.examples import HALT_TOKEN
 DEEP_SEED = 7_000_000  # apart from training (small seeds) and validation (10,000)
 
 
-def read_path(prediction, answer):
-    """The concepts a trace names before its answer: its words up to `<HALT>`, the answer last once."""
+def read_path(prediction, answer, supervision="frontier"):
+    """The concepts a trace names before its answer: its words up to `<HALT>`, the answer last once. A
+    `frontier_walk` model walks back from the target after its frontiers (2d + 1 loops): its path is that walk,
+    read backwards."""
     words = [word for word in prediction["trace"] if word != HALT_TOKEN][: prediction["loops"]]
+    if supervision == "frontier_walk":
+        depth = (len(words) - 1) // 2
+        words = words[depth + 1:-1][::-1] + words[-1:]
     while len(words) > 1 and words[-2] == words[-1]:  # a frontier's last member can be the answer itself
         words.pop()
     return words if words and words[-1] == answer else words + [answer]
+
+
+def loop_supervision(model_dir):
+    """The ProsQA loop targets a local checkpoint was trained with (its training_config.yaml), else `frontier`."""
+    config_file = Path(model_dir) / "training_config.yaml"
+    run_config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+    return (run_config.get("data_source") or {}).get("supervision", "frontier")
 
 
 def read_examples(parser, data_file):
@@ -48,13 +62,13 @@ def read_examples(parser, data_file):
         parser.error(f"{data_file} is not JSON ({error.msg})")
 
 
-def score(model, tokenizer, examples, batch_size):
+def score(model, tokenizer, examples, batch_size, supervision="frontier"):
     """Coconut accuracy, path validity and halting per shortest-path length (and over all) of `examples`."""
     result = evaluate_examples(model, tokenizer, examples, batch_size=batch_size)
     counts = defaultdict(lambda: defaultdict(int))
     for example, prediction in zip(examples, result["predictions"]):
         person = example["idx_to_symbol"][example["root"]]
-        path = read_path(prediction, prediction["prediction"])
+        path = read_path(prediction, prediction["prediction"], supervision)
         valid = is_valid_path(example, path)
         for group in (len(example["steps"]), "all"):
             stats = counts[group]
@@ -129,19 +143,20 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
-    data_figures = score(model, tokenizer, examples, args.batch_size)
+    supervision = loop_supervision(args.model)
+    data_figures = score(model, tokenizer, examples, args.batch_size, supervision)
     show(data_file.name, data_figures)
     deep_figures = None
     if args.deep_n:
         deep = generate_prosqa(args.deep_n, seed=args.deep_seed, **DEEP_OPTIONS)
-        deep_figures = score(model, tokenizer, deep, args.batch_size)
+        deep_figures = score(model, tokenizer, deep, args.batch_size, supervision)
         show("deep", deep_figures)
     results = {
         "command": command_line(), "label": args.label, "order": args.order,
         "model": str(args.model), "data": str(args.data),
         "data_sha256": hashlib.sha256(data_file.read_bytes()).hexdigest(), "n": len(examples),
         "deep_n": args.deep_n, "deep_seed": args.deep_seed, "deep_options": DEEP_OPTIONS,
-        **training_record(args.model), "data_figures": data_figures, "deep_figures": deep_figures,
+        "supervision": supervision, **training_record(args.model), "data_figures": data_figures, "deep_figures": deep_figures,
         "seconds": time.perf_counter() - start,
     }
     write_results(results, out / "prosqa.json", plot_prosqa)

@@ -23,7 +23,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
-from prosqa import DEEP_SEED, read_examples
+from prosqa import DEEP_SEED, loop_supervision, read_examples
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dataset_scripts.prosqa import DEEP_OPTIONS, generate_prosqa
@@ -99,6 +99,9 @@ def main():
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--out", default=None, help="output JSON (default: <model>/prosqa_halting.json)")
     args = parser.parse_args()
+    if loop_supervision(args.model) != "frontier":
+        parser.error(f"{args.model} was trained with `{loop_supervision(args.model)}` loop targets; this diagnostic "
+                     "times answers against a `frontier` model's d + 1 loops")
     if args.data is not None:
         data_file = Path(args.data)
         examples = read_examples(parser, data_file)

@@ -324,7 +324,7 @@ def generate_prosqa(n: int, seed: int = 0, **options) -> list[dict]:
 # Loop supervision: a ProsQA example in the package's format, and a curriculum over graph size
 # ---------------------------------------------------------------------------------------------------------
 
-SUPERVISIONS = ("frontier", "reachable", "path", "steps")
+SUPERVISIONS = ("frontier", "frontier_walk", "reachable", "path", "steps")
 # Words of every ProsQA question and answer: the word-level tokenizer's vocabulary for this task.
 VOCABULARY = ("Every", "is", "a", ".", "Is", "or", "?") + PERSONS + CONCEPTS
 # Curriculum stages (the trainer's `max_hops` is the stage): (nodes grown, shortest path lengths). Small graphs with
@@ -347,6 +347,10 @@ def to_example(example: dict, supervision: str = "frontier") -> dict:
     - ``"frontier"``: loop k holds every concept at distance k from the root, the breadth-first frontier, up to the
       target's distance d (the whole set: ``loop_set_loss="all"``); loop d + 1 names the target, the reached option.
       Its ``steps`` are the path's sentences and then the answer sentence, one per loop;
+    - ``"frontier_walk"``: as ``"frontier"``, then the loops walk one shortest path back from the target to the
+      root's child, one concept per loop (at each step back the alphabetically first parent that lies on a shortest
+      path, so the walk is one rule, not a guess between paths), and the last loop names the target again: 2d + 1
+      loops, whose walk read backwards is the path the answer came by (``benchmarks/prosqa.py``'s path validity);
     - ``"reachable"``: as ``"frontier"``, but loop k holds every concept within k steps of the root (the frontiers
       so far, together): each loop adds the children of what it holds, with nothing to take away;
     - ``"steps"``: the published steps as they stand, one word per loop (the concepts of one shortest path, drawn at
@@ -371,8 +375,20 @@ def to_example(example: dict, supervision: str = "frontier") -> dict:
         trace = [sorted(names[node] for node, d in distances.items() if within(d, k)) for k in range(1, depth + 1)]
         trace.append(target)
         steps = list(example["steps"]) + [example["answer"]]
+        if supervision == "frontier_walk":
+            path = min(shortest_paths(example), key=lambda names_after_root: names_after_root[::-1])
+            walk = path[-2::-1]  # the target's parent back to the root's child
+            trace += walk + [target]
+            steps += [f"Every {parent} is a {child}." for parent, child in zip(walk, path[::-1])] + [example["answer"]]
     return {"question": example["question"], "steps": steps, "answer": example["answer"], "trace": trace,
             "hops": len(example["steps"])}
+
+
+def trace_length(path_length: int, supervision: str) -> int:
+    """Loops of :func:`to_example`'s trace for a shortest path of `path_length` steps (``<HALT>`` not counted)."""
+    if supervision == "frontier_walk":
+        return 2 * path_length + 1  # d frontiers, the target, d - 1 concepts back, the target again
+    return path_length + (supervision in ("frontier", "reachable"))  # + the loop that names the reached option
 
 
 def curriculum_example(rng: random.Random, stage: int, replay: float = 0.25, supervision: str = "frontier",

@@ -14,7 +14,7 @@ import torch
 
 from dataset_scripts.prosqa import (
     CURRICULUM, SUPERVISIONS, VOCABULARY, curriculum_example, generate_prosqa, is_valid_path, make_prosqa_example,
-    shortest_paths, to_example,
+    shortest_paths, to_example, trace_length,
 )
 from dataset_scripts.tokenizer import build_tokenizer
 from recursive_latent.examples import HALT_TOKEN, normalize_example
@@ -72,8 +72,38 @@ def test_loop_targets_of_each_supervision():
     assert [set(layer) for layer in path[:-1]] == [{p[k] for p in shortest_paths(example)} for k in range(depth - 1)]
     steps = to_example(example, "steps")["trace"]
     assert is_valid_path(example, steps) and len(steps) == depth
+    walk = normalize_example(to_example(example, "frontier_walk"))
+    assert walk["trace"][: depth + 1] == frontier["trace"] and walk["trace"][-1] == target
+    assert len(walk["trace"]) == len(walk["steps"]) == trace_length(depth, "frontier_walk") == 2 * depth + 1
+    assert walk["trace"][depth + 1:-1][::-1] + [target] in shortest_paths(example)  # the walk back, read forward
     for supervision in SUPERVISIONS:  # every form is a valid example of the package's format
-        assert normalize_example(to_example(example, supervision))["answer"] == example["answer"]
+        converted = normalize_example(to_example(example, supervision))
+        assert converted["answer"] == example["answer"]
+        assert len(converted["trace"]) == trace_length(depth, supervision)
+
+
+def test_the_walk_back_takes_the_alphabetically_first_parent_where_shortest_paths_part():
+    rng = random.Random(0)
+    for _ in range(500):  # a graph whose shortest paths reach the target through different parents
+        example = make_prosqa_example(rng)
+        parents = {path[-2] for path in shortest_paths(example) if len(path) > 1}
+        if len(parents) > 1:
+            break
+    assert len(parents) > 1
+    depth, target = len(example["steps"]), example["idx_to_symbol"][example["target"]]
+    walk = to_example(example, "frontier_walk")["trace"][depth + 1:-1]
+    assert walk[0] == min(parents) and walk[::-1] + [target] in shortest_paths(example)
+
+
+def test_the_benchmark_reads_a_walking_model_s_path_backwards():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from prosqa import read_path
+
+    # 2 steps, person -> wumpus -> zhorpus: frontiers, the target, the walk back, the target again, then <HALT>
+    trace = ["wumpus", "zhorpus", "zhorpus", "wumpus", "zhorpus", HALT_TOKEN]
+    prediction = {"trace": trace, "loops": 6}
+    assert read_path(prediction, "zhorpus", "frontier_walk") == ["wumpus", "zhorpus"]
+    assert read_path(prediction, "zhorpus", "frontier") == ["wumpus", "zhorpus", "zhorpus", "wumpus", "zhorpus"]
 
 
 def test_the_curriculum_grows_graphs_and_paths():

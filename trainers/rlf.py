@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # run as `python trainers/rlf.py`: make the repo 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataset_scripts.collator import LoopLabelCollator  # noqa: E402
-from dataset_scripts.prosqa import CURRICULUM, VOCABULARY  # noqa: E402
+from dataset_scripts.prosqa import CURRICULUM, VOCABULARY, trace_length  # noqa: E402
 from dataset_scripts.sources import (  # noqa: E402
     ExampleStream, HopChainStream, ProsQAStream, generated_prosqa_validation, generated_validation, lm_collator,
     parse_prompt_stage,
@@ -393,7 +393,7 @@ def longest_trace(data_args, train):
     if train is not None:
         return max(len(e["trace"]) for e in train)
     if data_args.task == "prosqa":
-        return max(CURRICULUM[-1][1]) + (data_args.prosqa_supervision == "frontier")  # + the answer loop
+        return trace_length(max(CURRICULUM[-1][1]), data_args.prosqa_supervision)
     return data_args.max_hops
 
 
