@@ -156,7 +156,8 @@ def main():
         "model": str(args.model), "data": str(args.data),
         "data_sha256": hashlib.sha256(data_file.read_bytes()).hexdigest(), "n": len(examples),
         "deep_n": args.deep_n, "deep_seed": args.deep_seed, "deep_options": DEEP_OPTIONS,
-        "supervision": supervision, **training_record(args.model), "data_figures": data_figures, "deep_figures": deep_figures,
+        "supervision": supervision, **training_record(args.model),
+        "data_figures": data_figures, "deep_figures": deep_figures,
         "seconds": time.perf_counter() - start,
     }
     write_results(results, out / "prosqa.json", plot_prosqa)
