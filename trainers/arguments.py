@@ -84,10 +84,10 @@ class DataArguments:
     prosqa_supervision: str = field(
         default="frontier",
         metadata={"help": "`prosqa` loop targets: `frontier` (loop k holds every concept k steps from the person, "
-                          "then the reached option), `frontier_walk` (the same, then a walk back along one shortest path and the "
-                          "option again: the path is in the trace), `reachable` (every concept within k steps), `path` "
-                          "(loop k names a node of any shortest path) or `steps` "
-                          "(the published path's concepts, one word per loop, as chain of thought writes them)."},
+                          "then the reached option), `frontier_walk` (the same, then a walk back along one shortest "
+                          "path and the option again: the path is in the trace), `reachable` (every concept within k "
+                          "steps), `path` (loop k names a node of any shortest path) or `steps` (the published "
+                          "path's concepts, one word per loop, as chain of thought writes them)."},
     )
     prosqa_replay: float = field(default=0.25, metadata={"help": "`prosqa`: share of examples from earlier stages."})
     prosqa_large_graphs: float = field(
