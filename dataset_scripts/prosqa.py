@@ -350,7 +350,8 @@ def to_example(example: dict, supervision: str = "frontier") -> dict:
     - ``"frontier_walk"``: as ``"frontier"``, then the loops walk one shortest path back from the target to the
       root's child, one concept per loop (at each step back the alphabetically first parent that lies on a shortest
       path, so the walk is one rule, not a guess between paths), and the last loop names the target again: 2d + 1
-      loops, whose walk read backwards is the path the answer came by (``benchmarks/prosqa.py``'s path validity);
+      loops, whose walk read backwards is the path the answer came by (``benchmarks/prosqa.py``'s path validity).
+      A probe of 3,000 steps did not learn the walk and lost accuracy (``docs/experiments.md``, ProsQA);
     - ``"reachable"``: as ``"frontier"``, but loop k holds every concept within k steps of the root (the frontiers
       so far, together): each loop adds the children of what it holds, with nothing to take away;
     - ``"steps"``: the published steps as they stand, one word per loop (the concepts of one shortest path, drawn at
