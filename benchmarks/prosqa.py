@@ -20,11 +20,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dataset_scripts.prosqa import DEEP_OPTIONS, generate_prosqa, is_valid_path
-from model_cards.generate import training_record
+from model_cards.generate import read_run_config, training_record
 from ood_hops import command_line, save_figure, write_results
 from recursive_latent.evaluation import evaluate_examples, wilson_interval
 from recursive_latent.examples import HALT_TOKEN
@@ -47,9 +46,7 @@ def read_path(prediction, answer, supervision="frontier"):
 
 def loop_supervision(model_dir):
     """The ProsQA loop targets a local checkpoint was trained with (its training_config.yaml), else `frontier`."""
-    config_file = Path(model_dir) / "training_config.yaml"
-    run_config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
-    return (run_config.get("data_source") or {}).get("supervision", "frontier")
+    return (read_run_config(model_dir).get("data_source") or {}).get("supervision", "frontier")
 
 
 def read_examples(parser, data_file):

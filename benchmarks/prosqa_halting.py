@@ -99,9 +99,10 @@ def main():
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--out", default=None, help="output JSON (default: <model>/prosqa_halting.json)")
     args = parser.parse_args()
-    if loop_supervision(args.model) != "frontier":
-        parser.error(f"{args.model} was trained with `{loop_supervision(args.model)}` loop targets; this diagnostic "
-                     "times answers against a `frontier` model's d + 1 loops")
+    supervision = loop_supervision(args.model)
+    if supervision != "frontier":
+        parser.error(f"{args.model} was trained with `{supervision}` loop targets; this diagnostic times answers "
+                     "against a `frontier` model's d + 1 loops")
     if args.data is not None:
         data_file = Path(args.data)
         examples = read_examples(parser, data_file)

@@ -15,6 +15,12 @@ TEMPLATE = Path(__file__).with_name("template.md")
 RESULT_FILES = ("ood_hops.json", "evaluate_file.json")
 
 
+def read_run_config(model_dir):
+    """A local checkpoint's training_config.yaml (how the trainer ran it), or {} where it has none."""
+    config_file = Path(model_dir) / "training_config.yaml"
+    return yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+
+
 def training_record(model_dir):
     """What the trainer wrote into a local checkpoint about its run: the trained hop range (up to the hops its
     curriculum reached, where the checkpoint records them), the command line and the training wall time (None where
@@ -24,9 +30,8 @@ def training_record(model_dir):
     results_file = model_dir / "train_results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     record["train_seconds"] = results.get("train_seconds_total", results.get("train_runtime"))
-    config_file = model_dir / "training_config.yaml"
-    if config_file.is_file():
-        run_config = yaml.safe_load(config_file.read_text())
+    run_config = read_run_config(model_dir)
+    if run_config:
         data, source = run_config.get("data", {}), run_config.get("data_source", {})
         if source.get("source") in ("file", "dataset"):  # the steps range of the training examples
             record["trained_hops"] = [source["steps"][0], results.get("trained_max_hops", source["steps"][1])]
@@ -116,8 +121,7 @@ def build_model_card(checkpoint_dir, results_path=None, repo_id=None, location=N
     `location` (where the checkpoint will be read from, if it is being written elsewhere), else the directory."""
     checkpoint_dir = Path(checkpoint_dir)
     config = json.loads((checkpoint_dir / "config.json").read_text())
-    config_file = checkpoint_dir / "training_config.yaml"
-    training = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+    training = read_run_config(checkpoint_dir)
     trained_hops = training_record(checkpoint_dir)["trained_hops"] or ["?", "?"]
     results = find_results(checkpoint_dir, results_path)
     name = repo_id or Path(location or checkpoint_dir).resolve().name
