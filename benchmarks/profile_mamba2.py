@@ -1,13 +1,16 @@
 """Profile a training step of the Mamba2 default on the CPU: milliseconds per step (forward, backward, optimizer) and
 where the time goes.
 
-    python benchmarks/profile_mamba2.py [--threads 2] [--variant "" --variant "--mamba_chunk_size 32" ...] [--out DIR]
+    python benchmarks/profile_mamba2.py [--threads 2] [--variant "" --variant "--mamba_chunk_size 32" ...]
+                                        [--compile_backbone] [--out DIR]
 
 Each `--variant` is a set of trainer options on top of `trainers/configs/default_mamba2.yaml` (the empty string: the
 config as it is). The model and the batches come from the trainer's own setup, collator and optimizer, so a step here
 is a step of `trainers/rlf.py` without the Trainer's bookkeeping. Variants are timed interleaved (A B A B ...) at the
 same thread count on the same batches, `--rounds` times `--steps` steps each after a warm-up; `torch.profiler` then
-breaks one variant's steps down by operator (self CPU time). Writes DIR/profile_mamba2.json.
+breaks one variant's steps down by operator (self CPU time). With `--compile_backbone` each variant is timed a
+second time with its Mamba2 backbone under `torch.compile` (static shapes: one compile per prompt length, all done in
+the warm-up, whose time is reported). Writes DIR/profile_mamba2.json.
 """
 
 import argparse
@@ -33,13 +36,18 @@ from recursive_latent.optimization import muon_with_adamw  # noqa: E402
 from ood_hops import command_line  # noqa: E402
 
 
-def build(variant, batch_size, batches, seed):
+COMPILED = "[backbone under torch.compile]"
+
+
+def build(variant, batch_size, batches, seed, compile_backbone=False):
     """The model, an optimizer and `batches` training batches of the config with `variant`'s options."""
     argv = ["--config", str(ROOT / "trainers" / "configs" / "default_mamba2.yaml"), "--output_dir",
             tempfile.mkdtemp(), "--per_device_train_batch_size", str(batch_size), *shlex.split(variant)]
     args = parse_arguments(argv)
     run = setup(args)
     model = run.model.train()
+    if compile_backbone:
+        model.model.backbone = torch.compile(model.model.backbone, dynamic=False)  # dynamic=True fails to compile
     optimizer = muon_with_adamw(model, args.training.learning_rate, args.training.weight_decay,
                                 {name for name, _ in model.named_parameters()}, betas=(0.9, 0.98))
     stream = training_stream(run, batches * batch_size, seed=seed, max_hops=args.data.max_hops)
@@ -77,6 +85,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile_steps", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile_backbone", action="store_true",
+                        help="also time each variant with its backbone under torch.compile")
     parser.add_argument("--out", default="outputs/profile_mamba2")
     args = parser.parse_args()
     variants = args.variant or [""]
@@ -84,8 +94,15 @@ def main():
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     built = {variant: build(variant, args.batch_size, args.steps, args.seed) for variant in variants}
-    for variant in variants:  # warm-up: first calls allocate and dispatch
-        timed_steps(built[variant], args.steps, 2)
+    if args.compile_backbone:
+        built |= {f"{variant} {COMPILED}".strip(): build(variant, args.batch_size, args.steps, args.seed,
+                                                         compile_backbone=True) for variant in variants}
+        variants = list(built)
+    warm_up = {}
+    for variant in variants:  # warm-up: first calls allocate and dispatch (and compile, once per prompt length)
+        start = time.perf_counter()
+        timed_steps(built[variant], args.steps, args.steps if COMPILED in variant else 2)
+        warm_up[variant] = time.perf_counter() - start
     times = {variant: [] for variant in variants}
     for _ in range(args.rounds):
         for variant in variants:
@@ -93,7 +110,7 @@ def main():
     rows = {}
     for variant in variants:
         rows[variant or "(config)"] = {"ms_per_step_median": statistics.median(times[variant]),
-                                       "ms_per_step_rounds": times[variant]}
+                                       "ms_per_step_rounds": times[variant], "warm_up_seconds": warm_up[variant]}
         print(f"{variant or '(config)':<50} {statistics.median(times[variant]):7.1f} ms/step  rounds "
               f"{' '.join(f'{t:.1f}' for t in times[variant])}")
 

@@ -48,8 +48,9 @@ class HopChainStream(torch.utils.data.Dataset):
     it is read in order, and each block of `GROUPED_BATCHES` batches holds the same fresh examples as before, sorted
     by prompt length, cut into batches and the batches shuffled. A batch costs what its longest prompt costs (a Mamba2
     scan pays for the padding), and an ungrouped batch's longest prompt is about 1.9x its mean. A new curriculum stage
-    redraws the block it falls in. Prompt stages are drawn ungrouped: their prompts vary up to 8x in length, and
-    batches of one length there cost accuracy (docs/experiments.md, Mamba2)."""
+    redraws the block it falls in, and so does a new prompt stage. Prompt stages are grouped in blocks of
+    `data_args.stage_grouped_batches` batches (1: ungrouped): their prompts vary up to 8x in length, and batches of one
+    length there cost accuracy (docs/experiments.md, Mamba2)."""
 
     GROUPED_BATCHES = 16  # per block
 
@@ -76,11 +77,13 @@ class HopChainStream(torch.utils.data.Dataset):
         return self.size
 
     def __getitem__(self, index):
-        if self.batch_size is None or self.reached_stages():
+        stages = len(self.reached_stages())
+        batches = getattr(self.data_args, "stage_grouped_batches", 1) if stages else self.GROUPED_BATCHES
+        if self.batch_size is None or batches == 1:
             return self.example(index)
-        block_size = self.batch_size * self.GROUPED_BATCHES
+        block_size = self.batch_size * batches
         block, offset = divmod(index, block_size)
-        key = (block, self.max_hops)
+        key = (block, self.max_hops, stages)
         if self._block[0] != key:
             start = block * block_size
             examples = sorted((self.example(i) for i in range(start, min(start + block_size, self.size))),

@@ -213,6 +213,9 @@ def test_two_process_data_parallel_keeps_ranks_identical(tmp_path):
         (lambda tmp: None, ["--output_dir", "new", "--prosqa_large_graphs", "0.5"],
          "--prosqa_large_graphs: options of the ProsQA generator, which this run does not use"),
         (lambda tmp: None, ["--output_dir", "new", "--mix_arith", "0.5", "--lane", "arith"], "does not apply"),
+        (lambda tmp: None, ["--output_dir", "new", "--stage_grouped_batches", "0"], "must be >= 1"),
+        (lambda tmp: None, ["--output_dir", "new", "--stage_grouped_batches", "2", "--prompt_stages", "0.5:1-3:1-3"],
+         "no such stages to group"),
         (lambda tmp: (tmp / "own.jsonl").write_text(
             '{"question": "A leads to B. Where does A lead?", "steps": ["A leads to B."], "answer": "B."}\n'),
          ["--output_dir", "new", "--train_file", "own.jsonl", "--train_sampling_strategy", "group_by_length"],

@@ -124,6 +124,13 @@ class DataArguments:
                           "W_LO-W_HI hops when given (else --min_hops..--max_hops, as before): the prompts grow "
                           "towards the test's, and the walks past the depth the run learned first."},
     )
+    stage_grouped_batches: int = field(
+        default=1,
+        metadata={"help": "With --train_sampling_strategy group_by_length, the prompt stages' batches are grouped "
+                          "in blocks of this many batches (1: not grouped): each block's fresh examples sorted by "
+                          "prompt length and cut into batches. A pair of batches keeps each batch mixed (the short "
+                          "half or the long half of the stage's prompts) and cuts the padding a batch pays for."},
+    )
     arith_ops: str = field(default="+-*", metadata={"help": "Operations of the `arith` lane's statements."})
     mix_arith: float = field(
         default=0.0,
@@ -185,6 +192,8 @@ class DataArguments:
             raise ValueError(f"--prompt_stages entries must read FROM:D_LO-D_HI:H_LO-H_HI[:W_LO-W_HI] with 0 <= FROM < 1 "
                              f"and 1 <= W_LO <= W_HI, e.g. 0.8:2-16:1-8 or 0.8:2-16:1-8:1-8 (got "
                              f"{' '.join(map(str, self.prompt_stages))})") from None
+        if self.stage_grouped_batches < 1:
+            raise ValueError(f"--stage_grouped_batches must be >= 1 (got {self.stage_grouped_batches})")
         if self.eval_size < 1 or min(self.eval_hops, default=1) < 1:
             raise ValueError("--eval_size and every --eval_hops value must be >= 1")
 

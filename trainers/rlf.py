@@ -434,6 +434,10 @@ def setup(args):
     if args.training.train_sampling_strategy == "group_by_length" and (train is not None or data_args.task == "prosqa"):
         raise SystemExit("error: --train_sampling_strategy group_by_length applies to generated hop chains; a file's "
                          "or ProsQA's examples train in random order (give --train_sampling_strategy random)")
+    if data_args.stage_grouped_batches > 1 and (args.training.train_sampling_strategy != "group_by_length"
+                                                or not data_args.prompt_stages):
+        raise SystemExit("error: --stage_grouped_batches groups the --prompt_stages of a run with "
+                         "--train_sampling_strategy group_by_length; this run has no such stages to group")
     if model_args.init_from and data_args.mix_arith:
         raise SystemExit("error: --mix_arith trains a new pointer model's shared weights; it does not apply to --init_from")
     if validation is None and train is not None and args.training.eval_strategy != "no":
