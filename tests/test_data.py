@@ -2,6 +2,7 @@
 
 import random
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -508,3 +509,39 @@ def test_a_grouped_stream_draws_its_prompt_stages_ungrouped():
     stream.progress = plain.progress = 0.5  # mid-block: from here on, the stage's examples as drawn
     assert [stream[i] for i in range(64)] == [plain[i] for i in range(64)]
     assert max(stream[i]["question"].count("=") for i in range(64)) > 3 * 5 + 3
+
+
+def test_stage_grouped_batches_groups_a_prompt_stage_in_blocks_of_that_many_batches():
+    from trainers.rlf import DataArguments, HopChainStream
+
+    words, batch = task_words(build_tokenizer()), 8
+    data_args = DataArguments(prompt_stages=["0.5:4-24:1-10"], stage_grouped_batches=4)
+    plain = HopChainStream(data_args, words, size=512, seed=0, max_hops=3)
+    stream = HopChainStream(data_args, words, size=512, seed=0, max_hops=3, batch_size=batch)
+    before = [stream[i] for i in range(4 * batch)]  # the short prompts, in blocks of GROUPED_BATCHES
+    plain.progress = stream.progress = 0.5
+    staged = [stream[i]["question"] for i in range(256, 512)]
+    assert before != [stream[i] for i in range(4 * batch)]  # the new stage redrew the block
+    for start in range(0, 256, 4 * batch):  # each block of 4 batches: the same examples, sorted into batches
+        block = staged[start : start + 4 * batch]
+        assert sorted(block) == sorted(plain[256 + start + i]["question"] for i in range(4 * batch))
+        batches = sorted((block[i : i + batch] for i in range(0, 4 * batch, batch)), key=lambda b: len(b[0]))
+        assert all(max(map(len, short)) <= min(map(len, long)) for short, long in zip(batches, batches[1:]))
+    with pytest.raises(ValueError, match="stage_grouped_batches"):
+        DataArguments(stage_grouped_batches=0)
+
+
+def test_the_mamba2_config_groups_its_prompt_stages_in_pairs_of_batches(tmp_path):
+    from trainers.arguments import parse_arguments
+    from trainers.rlf import setup, training_stream
+
+    config = Path(__file__).resolve().parents[1] / "trainers" / "configs" / "default_mamba2.yaml"
+    args = parse_arguments(["--config", str(config), "--output_dir",
+                            str(tmp_path / "run"), "--per_device_train_batch_size", "8"])
+    stream = training_stream(setup(args), 1024, seed=0, max_hops=5)
+    stream.progress = 0.95  # the second prompt stage
+    lengths = [len(stream[i]["question"]) for i in range(256)]
+    batches = [lengths[i : i + 8] for i in range(0, 256, 8)]
+    for first, second in zip(batches[::2], batches[1::2]):  # each pair: the short half and the long half, in turn
+        short, long = sorted((first, second), key=max)
+        assert max(short) <= min(long)
