@@ -49,8 +49,8 @@ class HopChainStream(torch.utils.data.Dataset):
     by prompt length, cut into batches and the batches shuffled. A batch costs what its longest prompt costs (a Mamba2
     scan pays for the padding), and an ungrouped batch's longest prompt is about 1.9x its mean. A new curriculum stage
     redraws the block it falls in, and so does a new prompt stage. Prompt stages are grouped in blocks of
-    `data_args.stage_grouped_batches` batches (1: ungrouped): their prompts vary up to 8x in length, and batches of one
-    length there cost accuracy (docs/experiments.md, Mamba2)."""
+    `data_args.stage_grouped_batches` batches (1: ungrouped): their prompts vary up to 8x in length, and blocks of 4
+    or 16 batches there cost depth where pairs did not (docs/experiments.md, Mamba2)."""
 
     GROUPED_BATCHES = 16  # per block
 
@@ -78,10 +78,10 @@ class HopChainStream(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         stages = len(self.reached_stages())
-        batches = getattr(self.data_args, "stage_grouped_batches", 1) if stages else self.GROUPED_BATCHES
-        if self.batch_size is None or batches == 1:
+        per_block = getattr(self.data_args, "stage_grouped_batches", 1) if stages else self.GROUPED_BATCHES
+        if self.batch_size is None or per_block == 1:
             return self.example(index)
-        block_size = self.batch_size * batches
+        block_size = self.batch_size * per_block
         block, offset = divmod(index, block_size)
         key = (block, self.max_hops, stages)
         if self._block[0] != key:
