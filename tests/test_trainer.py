@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -47,8 +48,23 @@ def run_trainer(tmp_path, *args, launcher=None, timeout=600, env=None):
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY)
     command = (launcher or [sys.executable]) + [str(ROOT / "trainers" / "rlf.py"), "--config", str(config), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=timeout)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONFAULTHANDLER": "1", **(env or {})}
+    # Its own process group, so that a timeout ends every process of the run, the launcher's workers too (killing the
+    # launcher alone leaves them holding the pipes). SIGABRT first: with the fault handler on, each Python process
+    # prints where it was stuck before it dies.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               cwd=tmp_path, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGABRT)
+        try:
+            stdout, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+        pytest.fail(f"the run passed {timeout} s. stdout ends:\n{stdout[-1500:]}\nstderr ends:\n{stderr[-6000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def refusal(tmp_path, monkeypatch, capsys, *args, config=TINY):
@@ -180,7 +196,7 @@ def test_two_process_data_parallel_keeps_ranks_identical(tmp_path):
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                 "--main_process_port", str(port)]
     result = run_trainer(tmp_path, "--output_dir", str(out), "--max_steps", "6", "--pretrain_steps", "4",
-                         "--eval_strategy", "no", "--save_strategy", "no", launcher=launcher)
+                         "--eval_strategy", "no", "--save_strategy", "no", launcher=launcher, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "world size 2" in result.stdout
     # The two ranks share stdout, so another rank's output can land on the same line: match the digest itself.
