@@ -78,7 +78,7 @@ class HopChainStream(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         stages = len(self.reached_stages())
-        per_block = getattr(self.data_args, "stage_grouped_batches", 1) if stages else self.GROUPED_BATCHES
+        per_block = self.data_args.stage_grouped_batches if stages else self.GROUPED_BATCHES
         if self.batch_size is None or per_block == 1:
             return self.example(index)
         block_size = self.batch_size * per_block
