@@ -120,6 +120,26 @@ def plot_prosqa(json_path, png_path=None):
     return save_figure(fig, json_path, png_path)
 
 
+def load_model(parser, path, halt_token_threshold=None, sweep=False):
+    """The checkpoint through the Auto classes, with `halt_token_threshold` (if given) set on its config. A checkpoint
+    whose modeling code predates the setting would ignore it, so it is refused rather than scored as if it applied
+    (and so for a `sweep` of thresholds)."""
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval()
+    if (halt_token_threshold is not None or sweep) and not hasattr(model, "halts"):
+        parser.error(f"{path}: its modeling code predates `halt_token_threshold` (copy the package's "
+                     "`recursive_latent/*.py` next to its weights, or re-save it with the current package)")
+    if halt_token_threshold is not None:
+        if not 0 <= halt_token_threshold < 1:
+            parser.error(f"--halt_token_threshold must be in [0, 1) (got {halt_token_threshold})")
+        model.config.halt_token_threshold = halt_token_threshold
+    return model
+
+
+def add_threshold_argument(parser):
+    parser.add_argument("--halt_token_threshold", type=float, default=None,
+                        help="p(<HALT>) the `token` halting mode needs (default: the checkpoint's config)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="checkpoint directory (or Hub id)")
@@ -130,12 +150,13 @@ def main():
     parser.add_argument("--out", default=None, help="output dir (default: the model dir)")
     parser.add_argument("--label", default=None, help="what the run is, as docs/results.md titles it")
     parser.add_argument("--order", type=int, default=None, help="its row in docs/results.md's ProsQA table")
+    add_threshold_argument(parser)
     args = parser.parse_args()
     data_file = Path(args.data)
     examples = read_examples(parser, data_file)
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
-    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True).eval()
+    model = load_model(parser, args.model, args.halt_token_threshold)
     out = Path(args.out or args.model)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -153,7 +174,8 @@ def main():
         "model": str(args.model), "data": str(args.data),
         "data_sha256": hashlib.sha256(data_file.read_bytes()).hexdigest(), "n": len(examples),
         "deep_n": args.deep_n, "deep_seed": args.deep_seed, "deep_options": DEEP_OPTIONS,
-        "supervision": supervision, **training_record(args.model),
+        "supervision": supervision, "halt_token_threshold": getattr(model.config, "halt_token_threshold", None),
+        **training_record(args.model),
         "data_figures": data_figures, "deep_figures": deep_figures,
         "seconds": time.perf_counter() - start,
     }

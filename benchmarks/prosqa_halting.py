@@ -1,6 +1,7 @@
 """ProsQA halting diagnostic: when a frontier model answers, against how far its search has come.
 
     python benchmarks/prosqa_halting.py --model outputs/prosqa/final [--n 1000] [--data FILE] [--out FILE]
+        [--sweep THRESHOLD ...]
 
 On each graph (default: `benchmarks/prosqa.py`'s generated 7-8 step set, same seed) it runs the model's own `reason()`
 and, apart from it, `--loops` loops with the halt ignored, and reports per shortest-path length d (95% intervals):
@@ -11,6 +12,11 @@ and, apart from it, `--loops` loops with the halt ignored, and reports per short
 - at loop d + 1, with the halt ignored: whether the target's logit beats the other option's, and whether the target
   is that loop's best token other than `<HALT>`. This readout is timed by d, which the model is not told: it is a
   diagnostic of the search, not an accuracy.
+
+With `--sweep 0.5 0.8 ...` it also scores the `token` mode at each p(`<HALT>`) threshold (`halt_token_threshold`:
+an unsure `<HALT>` does not stop the loop), per d, off the same loops (`--halt_token_threshold` sets the one the
+diagnostic above runs with). Choose a threshold on valid and on generated graphs of another seed, not on the set
+you report.
 
 Writes FILE (default `<model>/prosqa_halting.json`) and a plot of the answer loop next to it.
 """
@@ -23,8 +29,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
-from prosqa import DEEP_SEED, loop_supervision, read_examples
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from prosqa import DEEP_SEED, add_threshold_argument, load_model, loop_supervision, read_examples
+from transformers import AutoTokenizer
 
 from dataset_scripts.prosqa import DEEP_OPTIONS, generate_prosqa
 from model_cards.generate import training_record
@@ -68,6 +74,42 @@ def diagnose(model, tokenizer, examples, loops, batch_size):
     return figures
 
 
+@torch.no_grad()
+def sweep_thresholds(model, tokenizer, examples, loops, batch_size, thresholds):
+    """Accuracy and mean loops of the `token` mode at each p(`<HALT>`) threshold (`halt_token_threshold`), per
+    shortest-path length d and over all, read off `loops` loops run once with the halt ignored through the model's
+    own `halts` and `answer_loop` (so they are `reason()`'s answers); `unstopped` counts the examples no sure
+    `<HALT>` stopped within `loops` (`reason()` would loop on, up to `max_inference_loops`)."""
+    counts = {threshold: defaultdict(Counter) for threshold in thresholds}
+    saved = model.config.halt_token_threshold
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        inputs = tokenizer([example["question"] for example in chunk], padding=True, return_tensors="pt")
+        loop_logits = model(**inputs, num_loops=loops).loop_logits
+        targets = torch.tensor([tokenizer.convert_tokens_to_ids(e["idx_to_symbol"][e["target"]]) for e in chunk])
+        for threshold in thresholds:
+            model.config.halt_token_threshold = threshold
+            stops = model.halts(loop_logits)
+            answers = loop_logits.argmax(-1).gather(1, model.answer_loop(loop_logits)[:, None])[:, 0]
+            loops_run = torch.where(stops.any(1), stops.int().argmax(1) + 1, loops)
+            for row, example in enumerate(chunk):
+                for group in (str(len(example["steps"])), "all"):
+                    stats = counts[threshold][group]
+                    stats["n"] += 1
+                    stats["accuracy"] += int(answers[row] == targets[row])
+                    stats["loops"] += int(loops_run[row])
+                    stats["unstopped"] += int(not stops[row].any())
+    model.config.halt_token_threshold = saved
+    sweep = {}
+    for threshold, groups in counts.items():
+        sweep[str(threshold)] = {group: {"n": stats["n"], "accuracy": stats["accuracy"] / stats["n"],
+                                         "accuracy_ci95": list(wilson_interval(stats["accuracy"], stats["n"])),
+                                         "mean_loops": stats["loops"] / stats["n"],
+                                         "unstopped": stats["unstopped"] / stats["n"]}
+                                 for group, stats in sorted(groups.items(), key=lambda item: (item[0] == "all", item[0]))}
+    return sweep
+
+
 def plot_halting(json_path, png_path=None):
     """Share of graphs by the model's answer loop minus (d + 1), one line per shortest-path length d."""
     import matplotlib
@@ -98,6 +140,9 @@ def main():
     parser.add_argument("--loops", type=int, default=12, help="loops run with the halt ignored (> the longest d)")
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--out", default=None, help="output JSON (default: <model>/prosqa_halting.json)")
+    add_threshold_argument(parser)
+    parser.add_argument("--sweep", type=float, nargs="+", default=None, metavar="THRESHOLD",
+                        help="also score the `token` mode at each of these p(<HALT>) thresholds, off `--loops` loops")
     args = parser.parse_args()
     supervision = loop_supervision(args.model)
     if supervision != "frontier":
@@ -112,7 +157,7 @@ def main():
         source = {"data": "generated", "seed": args.seed, "options": DEEP_OPTIONS}
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
-    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True).eval()
+    model = load_model(parser, args.model, args.halt_token_threshold, sweep=bool(args.sweep))
     start = time.perf_counter()
     figures = diagnose(model, tokenizer, examples, args.loops, args.batch_size)
     for d, row in figures.items():
@@ -120,8 +165,16 @@ def main():
               f"{100 * row['late']:.1f}% | target {100 * row['target']:.1f}%  other option "
               f"{100 * row['other_option']:.1f}%  neither {100 * row['neither']:.1f}% | at loop d+1: target over "
               f"other {100 * row['target_beats_other_at_d+1']:.1f}%, target best {100 * row['target_best_at_d+1']:.1f}%")
+    sweep = None
+    if args.sweep:
+        sweep = sweep_thresholds(model, tokenizer, examples, args.loops, args.batch_size, args.sweep)
+        for threshold, groups in sweep.items():
+            print(f"p(<HALT>) >= {threshold}: " + "  ".join(
+                f"d={group} {100 * row['accuracy']:.1f}% ({row['mean_loops']:.2f} loops, "
+                f"{100 * row['unstopped']:.1f}% unstopped)" for group, row in groups.items()))
     results = {"command": command_line(), "model": str(args.model), **source, "n": len(examples),
-               "loops": args.loops, **training_record(args.model), "per_path_length": figures,
+               "loops": args.loops, "halt_token_threshold": getattr(model.config, "halt_token_threshold", None),
+               **training_record(args.model), "per_path_length": figures, "threshold_sweep": sweep,
                "seconds": time.perf_counter() - start}
     out = Path(args.out) if args.out else Path(args.model, "prosqa_halting.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -329,7 +329,8 @@ def prosqa_tables(docs):
 def prosqa_halting_table(docs):
     """One row per shortest-path length of each `docs/prosqa_halting_*.json` (benchmarks/prosqa_halting.py): when
     the model answered against loop d + 1, what it answered, and its search at loop d + 1 with the halt ignored."""
-    paths = sorted(docs.glob(f"{HALTING_PREFIX}*.json"))
+    paths = [path for path in sorted(docs.glob(f"{HALTING_PREFIX}*.json"))
+             if not json.loads(path.read_text()).get("threshold_sweep")]  # a sweep has its own table
     if not paths:
         return []
     lines = ["ProsQA halting (`benchmarks/prosqa_halting.py`): when a frontier model answers against loop d + 1, where "
@@ -345,6 +346,28 @@ def prosqa_halting_table(docs):
             cells = " | ".join(pct(row[key]) for key in ("early", "on_time", "late", "target", "other_option",
                                                          "neither", "target_beats_other_at_d+1", "target_best_at_d+1"))
             lines.append(f"| `{r['model']}` | {data} | {d} | {row['n']} | {cells} | `{path.name}` |")
+    return lines + [""]
+
+
+def prosqa_threshold_table(docs):
+    """One row per `docs/prosqa_halting_*.json` written with `--sweep`: the `token` mode's accuracy (and mean loops)
+    over the whole set at each p(`<HALT>`) threshold."""
+    sweeps = [(path, json.loads(path.read_text())) for path in sorted(docs.glob(f"{HALTING_PREFIX}*.json"))]
+    sweeps = [(path, r) for path, r in sweeps if r.get("threshold_sweep")]
+    if not sweeps:
+        return []
+    thresholds = sorted({float(t) for _, r in sweeps for t in r["threshold_sweep"]})
+    lines = ["ProsQA, the `token` halting mode at each p(`<HALT>`) threshold (`halt_token_threshold`; 0: the best "
+             "token alone decides), from one run of loops with the halt ignored (`benchmarks/prosqa_halting.py "
+             "--sweep`): accuracy % over the set (mean loops).", "",
+             "| model | data | n | " + " | ".join(f"p >= {t:g}" for t in thresholds) + " | JSON |",
+             "|---|---|---|" + "---|" * len(thresholds) + "---|"]
+    for path, r in sweeps:
+        data = f"generated 7-8 step graphs, seed {r['seed']}" if r["data"] == "generated" else f"`{Path(r['data']).name}`"
+        rows = {float(t): groups["all"] for t, groups in r["threshold_sweep"].items()}
+        cells = " | ".join(f"{pct(rows[t]['accuracy'])} ({rows[t]['mean_loops']:.2f})" if t in rows else "-"
+                           for t in thresholds)
+        lines.append(f"| `{r['model']}` | {data} | {r['n']} | {cells} | `{path.name}` |")
     return lines + [""]
 
 
@@ -435,7 +458,7 @@ def main():
         lines += [f"## {SECTIONS.get(section, section)}", ""]
         for path, _, label, _ in section_runs:
             lines += ood_table(path, label) + [""]
-    lines += prosqa_tables(docs) + prosqa_halting_table(docs)
+    lines += prosqa_tables(docs) + prosqa_halting_table(docs) + prosqa_threshold_table(docs)
     lines += robustness_tables(docs)
     renderers = {"inference_ablations_default.json": ablation_tables, "depth_sweep_default.csv": depth_sweep_table,
                  "throughput_default.json": throughput_tables} | dict.fromkeys(ctr_files(docs), ctr_table)

@@ -97,6 +97,10 @@ class RecursiveLatentConfig(PretrainedConfig):
         halt_token_id (`int`, *optional*):
             Token id of `<HALT>` in the model's tokenizer (the trainer sets it from the tokenizer). Needed by the
             `token` halting mode, which stops an example at this token.
+        halt_token_threshold (`float`, *optional*, defaults to 0.0):
+            Probability of `<HALT>` the `"token"` mode needs, besides `<HALT>` being the loop's best token, in [0, 1).
+            At 0 the best token alone decides; above it an unsure `<HALT>` does not stop the loop, and the answer
+            stays the last loop's best token that is not `<HALT>`.
         halting (`str`, *optional*, defaults to `"token"`):
             How `reason()` stops an example: `"token"` once its loop predicts `halt_token_id` (trained with a
             `<HALT>` target after the path); `"head"` once the halting head's p_halt >= `halt_threshold` (needs
@@ -163,6 +167,7 @@ class RecursiveLatentConfig(PretrainedConfig):
         loop_set_loss="all",
         max_inference_loops=MAX_INFERENCE_LOOPS,
         halt_token_id=None,
+        halt_token_threshold=0.0,
         halting="token",
         fixed_loops=6,
         halt_velocity=0.01,
@@ -198,6 +203,7 @@ class RecursiveLatentConfig(PretrainedConfig):
         self.loop_set_loss = loop_set_loss
         self.max_inference_loops = max_inference_loops
         self.halt_token_id = halt_token_id
+        self.halt_token_threshold = halt_token_threshold
         self.halting = halting
         self.fixed_loops = fixed_loops
         self.halt_velocity = halt_velocity
@@ -279,6 +285,9 @@ class RecursiveLatentConfig(PretrainedConfig):
             if not number or not value > low or (high is not None and not value < high):
                 allowed = f"in ({low}, {high})" if high is not None else f"> {low}"
                 raise ValueError(f"`{name}` must be a number {allowed} (got {value!r}).")
+        value = self.halt_token_threshold
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ValueError(f"`halt_token_threshold` must be a number in [0, 1) (got {value!r}).")
         if isinstance(self.lifeline_gate_init, bool) or not isinstance(self.lifeline_gate_init, (int, float)):
             raise ValueError(f"`lifeline_gate_init` must be a number (got {self.lifeline_gate_init!r}).")
         vocab_size = self.backbone_config.vocab_size

@@ -11,20 +11,23 @@ from .configuration_recursive import HALTING_MODES
 @dataclass
 class LoopStep:
     """What a halting rule sees after one loop, for the b examples still looping: the loop index (from 0), the
-    loop cap, each example's predicted token (b,), the vector the head read (b, D) and the previous one (or None)."""
+    loop cap, the logits (b, V) and predicted token (b,), the vector the head read (b, D) and the previous one (or
+    None)."""
 
     loop: int
     max_loops: int
+    logits: torch.Tensor
     prediction: torch.Tensor
     output: torch.Tensor
     previous: torch.Tensor | None
 
 
 def stop_on_halt_token(model, step):
-    """`token`: the loop predicted `<HALT>` (trained with a `<HALT>` target after the path)."""
+    """`token`: the loop predicted `<HALT>` (trained with a `<HALT>` target after the path), with p >=
+    `halt_token_threshold`."""
     if model.config.halt_token_id is None:
         raise ValueError("`halting='token'` needs `config.halt_token_id`, the id of `<HALT>` in the model's tokenizer.")
-    return step.prediction == model.config.halt_token_id
+    return model.halts(step.logits)
 
 
 def stop_on_halt_head(model, step):

@@ -617,12 +617,27 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
         halt = torch.tensor([self.config.halt_token_id], device=loop_logits.device)
         return loop_logits.float().index_fill(-1, halt, float("-inf"))
 
-    def answer_loop(self, loop_predictions):
-        """Index of the answer loop: the one before the first `<HALT>`, else the last. (B, L) -> (B,)"""
-        is_halt = loop_predictions == (-1 if self.config.halt_token_id is None else self.config.halt_token_id)
-        L = loop_predictions.shape[1]
-        first_halt = torch.where(is_halt.any(1), is_halt.int().argmax(1), torch.full_like(is_halt[:, 0], L, dtype=torch.long))
-        return (first_halt - 1).clamp(min=0)
+    def halts(self, logits):
+        """Whether a loop's `<HALT>` stops the `token` mode: its best token, with p >= `halt_token_threshold`.
+        (..., V) -> (...)"""
+        halt_id = self.config.halt_token_id
+        if halt_id is None:
+            return torch.zeros(logits.shape[:-1], dtype=torch.bool, device=logits.device)
+        stop = logits.argmax(-1) == halt_id
+        if self.config.halt_token_threshold > 0:
+            stop &= logits.float().softmax(-1)[..., halt_id] >= self.config.halt_token_threshold
+        return stop
+
+    def answer_loop(self, loop_logits):
+        """Index of the answer loop, as `reason()` answers in `token` mode: the last loop before the first stopping
+        `<HALT>` (all loops if none stops) whose best token is not `<HALT>`, else the first. (B, L, V) -> (B,)"""
+        B, L, _ = loop_logits.shape
+        stops = self.halts(loop_logits)
+        first_stop = torch.where(stops.any(1), stops.int().argmax(1), torch.full((B,), L, device=stops.device))
+        loop = torch.arange(L, device=stops.device)
+        answers = (loop_logits.argmax(-1) != self.config.halt_token_id) & (loop < first_stop[:, None])
+        last_answer = L - 1 - answers.flip(1).int().argmax(1)
+        return torch.where(answers.any(1), last_answer, torch.zeros_like(last_answer))
 
     def forward(
         self, input_ids, attention_mask=None, loop_labels=None, num_loops=None, position_ids=None, grad_loops=None,
@@ -683,7 +698,7 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
                 answer_right = (loop_answers.argmax(-1) == answers).float()
                 loss = loss + F.binary_cross_entropy_with_logits(halt_logits[supervised].float(), answer_right[supervised])
         rows = torch.arange(loop_logits.shape[0], device=loop_logits.device)
-        answer_logits = loop_logits[rows, self.answer_loop(loop_logits.argmax(-1))]
+        answer_logits = loop_logits[rows, self.answer_loop(loop_logits)]
         return RecursiveLatentCausalLMOutput(
             loss=loss, logits=answer_logits[:, None], loop_logits=loop_logits, latents=outputs.latents,
             halt_logits=halt_logits,
@@ -725,7 +740,7 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
             loops[active] += 1
             is_halt = prediction == self.config.halt_token_id
             answer[active[~is_halt]] = prediction[~is_halt]
-            stop = should_stop(self, LoopStep(loop, max_loops, prediction, out, previous))
+            stop = should_stop(self, LoopStep(loop, max_loops, logits, prediction, out, previous))
             halted[active[stop]] = True
             previous = out
             if stop.any():

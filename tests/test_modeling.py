@@ -370,3 +370,39 @@ def test_muon_follows_the_scheduler_once_wrapped_by_accelerate():
         scheduler.step()
     for optimizer in wrapped.optimizer.optimizers:
         assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([3e-3] * len(optimizer.param_groups))
+
+
+
+def script_loop_logits(model, monkeypatch, table):
+    """Make loop l of row r give the logits `table[r, l]` in `forward` and in `reason()` (whose batch shrinks as
+    examples stop): the latent carries the row, the loop's output the row and the loop."""
+    monkeypatch.setattr(model.model, "init_latent", lambda context: torch.arange(len(table), dtype=torch.float)[:, None])
+    monkeypatch.setattr(model.model, "loop_step",
+                        lambda latent, context, loop: (latent, torch.cat([latent, torch.full_like(latent, loop)], -1)))
+    monkeypatch.setattr(model, "head", lambda out: table[out[..., 0].long(), out[..., 1].long()])
+
+
+def test_token_halting_waits_for_a_sure_halt(batch, monkeypatch):
+    """With `halt_token_threshold`, a `<HALT>` that is the loop's best token but below the threshold neither stops
+    the loop nor answers; `forward`'s answer (what `generate` writes) stays the one `reason()` gives."""
+    input_ids, attention_mask, _ = batch
+    model = build()
+    table = torch.zeros(3, 6, model.config.backbone_config.vocab_size)
+    sure, unsure = 20.0, 3.0  # <HALT> (id 2) the best token with p ~ 1, and with p < 0.5
+    for row, loops in enumerate([[(10, 5.0), (2, unsure), (11, 5.0), (2, sure)],  # answers 10, or 11 past the unsure
+                                 [(10, 5.0), (2, unsure), (2, unsure), (2, sure)],  # 10 either way, 4 loops at 0.5
+                                 [(12, 5.0)] * 5 + [(2, unsure)]]):  # never a sure <HALT>: 6 loops, answer 12
+        for loop, (token, logit) in enumerate(loops):
+            table[row, loop, token] = logit
+        table[row, len(loops):, 2] = sure
+    assert 0.1 < table[0, 1].softmax(-1)[2] < 0.5
+    script_loop_logits(model, monkeypatch, table)
+    for threshold, loops, answers, halted in [(0.0, [2, 2, 6], [10, 10, 12], [True, True, True]),
+                                              (0.5, [4, 4, 6], [11, 10, 12], [True, True, False])]:
+        model.config.halt_token_threshold = threshold
+        out = model.reason(input_ids, attention_mask, max_loops=6)
+        assert (out.loops.tolist(), out.answer_ids.tolist(), out.halted.tolist()) == (loops, answers, halted)
+        generated = model(input_ids, attention_mask, num_loops=6).logits[:, -1].argmax(-1)
+        assert generated.tolist() == answers
+    with pytest.raises(ValueError, match=r"`halt_token_threshold` must be a number in \[0, 1\) \(got 1\)"):
+        make_config(halt_token_threshold=1)

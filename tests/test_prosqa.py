@@ -228,6 +228,55 @@ class ScriptedModel:
     without_halt = RecursiveLatentForCausalLM.without_halt
 
 
+
+def test_the_threshold_sweep_scores_what_reason_answers_at_each_threshold(monkeypatch, tmp_path):
+    """`prosqa_halting.py --sweep` reads each threshold's answers and loops off one run of loops; they must be
+    `reason()`'s at that threshold. Three scripted examples: a sure `<HALT>` after the target (right at 0, wrong at
+    0.5 past an unsure one), the reverse, and one no sure `<HALT>` stops (unstopped at 0.5)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from prosqa_halting import sweep_thresholds
+
+    from tests.conftest import make_config
+    from tests.test_modeling import script_loop_logits
+
+    tokenizer = build_tokenizer(VOCABULARY)
+    words = VOCABULARY[:4]  # the target, two other concepts, a person
+    examples = [{"question": f"{words[3]} is a {words[1]} .", "idx_to_symbol": words, "target": 0, "steps": [0] * d}
+                for d in (3, 3, 4)]
+    target, first, other, halt = (tokenizer.convert_tokens_to_ids(word) for word in (*words[:3], HALT_TOKEN))
+    sure, unsure = 20.0, 3.0
+    table = torch.zeros(3, 6, len(tokenizer))
+    for row, loops in enumerate([[(first, 5.0), (target, 5.0), (halt, unsure), (other, 5.0), (halt, sure)],
+                                 [(first, 5.0), (halt, unsure), (target, 5.0), (halt, sure)],
+                                 [(target, 5.0)] * 5 + [(halt, unsure)]]):
+        for loop, (token, logit) in enumerate(loops):
+            table[row, loop, token] = logit
+        table[row, len(loops):, halt] = sure
+    model = RecursiveLatentForCausalLM(make_config(halt_token_id=halt, pad_token_id=tokenizer.pad_token_id)).eval()
+    script_loop_logits(model, monkeypatch, table)
+    model.config.halt_token_threshold = 0.3
+    sweep = sweep_thresholds(model, tokenizer, examples, loops=6, batch_size=3, thresholds=[0.0, 0.5])
+    assert model.config.halt_token_threshold == 0.3  # the model's own setting is left as it was
+    inputs = tokenizer([example["question"] for example in examples], padding=True, return_tensors="pt")
+    for threshold, right, loops in [(0.0, [True, False, True], [3, 2, 6]), (0.5, [False, True, True], [5, 4, 6])]:
+        model.config.halt_token_threshold = threshold
+        out = model.reason(inputs["input_ids"], inputs["attention_mask"], max_loops=6)
+        assert (out.answer_ids == target).tolist() == right and out.loops.tolist() == loops
+        row = sweep[str(threshold)]
+        assert row["3"]["accuracy"] == sum(right[:2]) / 2 and row["4"]["accuracy"] == right[2]
+        assert row["all"]["mean_loops"] == pytest.approx(sum(loops) / 3)
+        assert row["all"]["unstopped"] == pytest.approx((~out.halted).sum().item() / 3)
+    assert sweep["0.5"]["4"]["unstopped"] == 1.0
+
+    from report import prosqa_halting_table, prosqa_threshold_table  # docs/results.md's table of such files
+
+    (tmp_path / "prosqa_halting_sweep.json").write_text(json.dumps(
+        {"model": "scripted", "data": "generated", "seed": 9, "n": 3, "per_path_length": {}, "threshold_sweep": sweep}))
+    assert prosqa_halting_table(tmp_path) == []  # a sweep is not a row of the diagnostic's table
+    assert "| `scripted` | generated 7-8 step graphs, seed 9 | 3 | 66.7 (3.67) | 66.7 (5.00) | " \
+        "`prosqa_halting_sweep.json` |" in prosqa_threshold_table(tmp_path)
+
+
 def test_the_halting_diagnostic_places_each_answer_against_the_loop_the_search_reaches_the_target(tmp_path):
     """`benchmarks/prosqa_halting.py` on three graphs with 3-step paths: one answered on time (loop 4) with the
     target, one early (loop 2) with a concept of its search, one late (loop 6) with the other option."""
