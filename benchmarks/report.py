@@ -26,6 +26,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import defaultdict
 from itertools import groupby
 from pathlib import Path
 
@@ -362,12 +363,18 @@ def prosqa_threshold_table(docs):
              "--sweep`): accuracy % over the set (mean loops).", "",
              "| model | data | n | " + " | ".join(f"p >= {t:g}" for t in thresholds) + " | JSON |",
              "|---|---|---|" + "---|" * len(thresholds) + "---|"]
+    by_data = defaultdict(list)  # data -> each model's {threshold: row over the whole set}
     for path, r in sweeps:
         data = f"generated 7-8 step graphs, seed {r['seed']}" if r["data"] == "generated" else f"`{Path(r['data']).name}`"
         rows = {float(t): groups["all"] for t, groups in r["threshold_sweep"].items()}
+        by_data[data].append(rows)
         cells = " | ".join(f"{pct(rows[t]['accuracy'])} ({rows[t]['mean_loops']:.2f})" if t in rows else "-"
                            for t in thresholds)
         lines.append(f"| `{r['model']}` | {data} | {r['n']} | {cells} | `{path.name}` |")
+    for data, models in by_data.items():  # the mean over models, where every model has the threshold
+        cells = " | ".join(f"{100 * sum(m[t]['accuracy'] for m in models) / len(models):.2f}"
+                           if all(t in m for m in models) else "-" for t in thresholds)
+        lines.append(f"| mean over the {len(models)} models | {data} | - | {cells} | - |")
     return lines + [""]
 
 
