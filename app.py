@@ -211,12 +211,14 @@ def encode(model, tokenizer, prompts):
 
 @contextmanager
 def halting(model, mode, parameter):
-    """Yield reason()'s halting arguments for `mode`; `parameter` (loops for `fixed`, the threshold for `velocity`
-    and `head`) is set on the model's config for the duration."""
+    """Yield reason()'s halting arguments for `mode`; `parameter` (loops for `fixed`, the threshold for `token`,
+    `velocity` and `head`) is set on the model's config for the duration."""
     if mode == "fixed":
         yield {"halting": mode, "max_loops": int(parameter or model.config.fixed_loops)}
         return
-    field = {"velocity": "halt_velocity", "head": "halt_threshold"}.get(mode)
+    field = {"token": "halt_token_threshold", "velocity": "halt_velocity", "head": "halt_threshold"}.get(mode)
+    if field == "halt_token_threshold" and not hasattr(model, "halts"):
+        field = None  # a checkpoint whose code predates the setting
     saved = getattr(model.config, field) if field else None
     if field and parameter is not None:
         setattr(model.config, field, float(parameter))
@@ -347,9 +349,13 @@ def describe(model, path, prosqa):
 
 
 def halting_parameter(model, mode):
-    """The parameter input for a halting mode: loops for `fixed`, a threshold for `velocity` and `head`, none for
-    `token`."""
+    """The parameter input for a halting mode: loops for `fixed`, a threshold for the others (none for `token` on a
+    checkpoint whose code predates `halt_token_threshold`)."""
     config = model.config
+    if mode == "token" and hasattr(model, "halts"):
+        # No bounds: the page starts in `token` mode, and this input's bounds would then hold for every mode.
+        return gr.Number(label="p(<HALT>) threshold (halt_token_threshold)", value=config.halt_token_threshold,
+                         precision=None, visible=True)
     if mode == "fixed":
         return gr.Number(label="loops", value=config.fixed_loops, precision=0, minimum=1,
                          maximum=config.max_inference_loops, visible=True)

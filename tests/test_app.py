@@ -167,6 +167,24 @@ def test_velocity_halting_uses_the_chosen_threshold(served):
     assert (fixed["loops"], fixed["halted"]) == (4, True)
 
 
+def test_token_mode_sets_the_halt_threshold_for_the_run_only(served):
+    import app
+
+    model = served["model"]
+    assert app.halting_parameter(model, "token").visible  # the threshold input shows for `token`
+    with app.halting(model, "token", 0.7) as halting_args:
+        assert halting_args == {"halting": "token"} and model.config.halt_token_threshold == 0.7
+    assert model.config.halt_token_threshold == 0.0
+    prompt = hop_prompt(3, seed=3)
+    got = run(served["client"], prompt, mode="token", parameter=0.7)
+    model.config.halt_token_threshold = 0.7
+    try:
+        expected = expected_run(model, served["tokenizer"], prompt)
+    finally:
+        model.config.halt_token_threshold = 0.0
+    assert (got["answer"], got["loops"], got["halted"]) == (expected["answer"], expected["loops"], expected["halted"])
+
+
 def test_unreadable_prompts_get_an_error_text_and_the_server_keeps_serving(served):
     client = served["client"]
     unknown = run(client, "QQ = wombatfish. ZZ = QQ. What is ZZ?\nAnswer: blorp")
