@@ -103,7 +103,7 @@ class RecursiveLatentConfig(PretrainedConfig):
             stays the last loop's best token that is not `<HALT>`.
         halting (`str`, *optional*, defaults to `"token"`):
             How `reason()` stops an example: `"token"` once its loop predicts `halt_token_id` (trained with a
-            `<HALT>` target after the path); `"head"` once the halting head's p_halt >= `halt_threshold` (needs
+            `<HALT>` target after the path; with p >= `halt_token_threshold`); `"head"` once the halting head's p_halt >= `halt_threshold` (needs
             `halt_head`); `"fixed"` after exactly `fixed_loops` loops (as Ouro/Huginn run; the
             trainer then supervises only the answer at the last loop); `"velocity"` once the latent stops moving,
             ||x_t - x_{t-1}|| / ||x_t|| < `halt_velocity`. Every mode but `"head"` applies at inference to any

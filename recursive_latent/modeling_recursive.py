@@ -635,7 +635,8 @@ class RecursiveLatentForCausalLM(LaneAdaptersMixin, RecursiveLatentPreTrainedMod
         stops = self.halts(loop_logits)
         first_stop = torch.where(stops.any(1), stops.int().argmax(1), torch.full((B,), L, device=stops.device))
         loop = torch.arange(L, device=stops.device)
-        answers = (loop_logits.argmax(-1) != self.config.halt_token_id) & (loop < first_stop[:, None])
+        halt_id = -1 if self.config.halt_token_id is None else self.config.halt_token_id
+        answers = (loop_logits.argmax(-1) != halt_id) & (loop < first_stop[:, None])
         last_answer = L - 1 - answers.flip(1).int().argmax(1)
         return torch.where(answers.any(1), last_answer, torch.zeros_like(last_answer))
 
