@@ -121,13 +121,13 @@ def plot_prosqa(json_path, png_path=None):
 
 
 def load_model(parser, path, halt_token_threshold=None, sweep=False):
-    """The checkpoint through the Auto classes, with `halt_token_threshold` (if given) set on its config. A checkpoint
-    whose modeling code predates the setting would ignore it, so it is refused rather than scored as if it applied
-    (and so for a `sweep` of thresholds)."""
+    """The checkpoint through the Auto classes, with `halt_token_threshold` (if given) set on its config. A model
+    without the setting (a baseline, or a checkpoint whose code predates it) would ignore it, so it is refused rather
+    than scored as if it applied (and so for a `sweep` of thresholds)."""
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval()
     if (halt_token_threshold is not None or sweep) and not hasattr(model, "halts"):
-        parser.error(f"{path}: its modeling code predates `halt_token_threshold` (copy the package's "
-                     "`recursive_latent/*.py` next to its weights, or re-save it with the current package)")
+        parser.error(f"{path} has no `halt_token_threshold`: a baseline, or a looped model whose code predates the "
+                     "setting (copy the package's `recursive_latent/*.py` next to its weights to give it the setting)")
     if halt_token_threshold is not None:
         if not 0 <= halt_token_threshold < 1:
             parser.error(f"--halt_token_threshold must be in [0, 1) (got {halt_token_threshold})")
