@@ -82,24 +82,26 @@ def sweep_thresholds(model, tokenizer, examples, loops, batch_size, thresholds):
     `<HALT>` stopped within `loops` (`reason()` would loop on, up to `max_inference_loops`)."""
     counts = {threshold: defaultdict(Counter) for threshold in thresholds}
     saved = model.config.halt_token_threshold
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        inputs = tokenizer([example["question"] for example in chunk], padding=True, return_tensors="pt")
-        loop_logits = model(**inputs, num_loops=loops).loop_logits
-        targets = torch.tensor([tokenizer.convert_tokens_to_ids(e["idx_to_symbol"][e["target"]]) for e in chunk])
-        for threshold in thresholds:
-            model.config.halt_token_threshold = threshold
-            stops = model.halts(loop_logits)
-            answers = loop_logits.argmax(-1).gather(1, model.answer_loop(loop_logits)[:, None])[:, 0]
-            loops_run = torch.where(stops.any(1), stops.int().argmax(1) + 1, loops)
-            for row, example in enumerate(chunk):
-                for group in (str(len(example["steps"])), "all"):
-                    stats = counts[threshold][group]
-                    stats["n"] += 1
-                    stats["accuracy"] += int(answers[row] == targets[row])
-                    stats["loops"] += int(loops_run[row])
-                    stats["unstopped"] += int(not stops[row].any())
-    model.config.halt_token_threshold = saved
+    try:
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            inputs = tokenizer([example["question"] for example in chunk], padding=True, return_tensors="pt")
+            loop_logits = model(**inputs, num_loops=loops).loop_logits
+            targets = torch.tensor([tokenizer.convert_tokens_to_ids(e["idx_to_symbol"][e["target"]]) for e in chunk])
+            for threshold in thresholds:
+                model.config.halt_token_threshold = threshold
+                stops = model.halts(loop_logits)
+                answers = loop_logits.argmax(-1).gather(1, model.answer_loop(loop_logits)[:, None])[:, 0]
+                loops_run = torch.where(stops.any(1), stops.int().argmax(1) + 1, loops)
+                for row, example in enumerate(chunk):
+                    for group in (str(len(example["steps"])), "all"):
+                        stats = counts[threshold][group]
+                        stats["n"] += 1
+                        stats["accuracy"] += int(answers[row] == targets[row])
+                        stats["loops"] += int(loops_run[row])
+                        stats["unstopped"] += int(not stops[row].any())
+    finally:  # the model's own setting, whatever happened
+        model.config.halt_token_threshold = saved
     sweep = {}
     for threshold, groups in counts.items():
         sweep[str(threshold)] = {group: {"n": stats["n"], "accuracy": stats["accuracy"] / stats["n"],

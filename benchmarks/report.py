@@ -327,12 +327,17 @@ def prosqa_tables(docs):
     return lines
 
 
+def halting_files(docs, sweeps):
+    """(path, parsed JSON) of each `docs/prosqa_halting_*.json` written with `--sweep` (`sweeps`) or without."""
+    files = [(path, json.loads(path.read_text())) for path in sorted(docs.glob(f"{HALTING_PREFIX}*.json"))]
+    return [(path, r) for path, r in files if bool(r.get("threshold_sweep")) == sweeps]
+
+
 def prosqa_halting_table(docs):
     """One row per shortest-path length of each `docs/prosqa_halting_*.json` (benchmarks/prosqa_halting.py): when
     the model answered against loop d + 1, what it answered, and its search at loop d + 1 with the halt ignored."""
-    paths = [path for path in sorted(docs.glob(f"{HALTING_PREFIX}*.json"))
-             if not json.loads(path.read_text()).get("threshold_sweep")]  # a sweep has its own table
-    if not paths:
+    files = halting_files(docs, sweeps=False)  # a sweep has its own table
+    if not files:
         return []
     lines = ["ProsQA halting (`benchmarks/prosqa_halting.py`): when a frontier model answers against loop d + 1, where "
              "its targets put the answer, what it answers, and, with the halt ignored, whether loop d + 1 ranks the "
@@ -340,8 +345,7 @@ def prosqa_halting_table(docs):
              "diagnostic of the search, not an accuracy).", "",
              "| model | data | d | n | early % | on time % | late % | target % | other option % | neither % | "
              "d + 1: target over other % | d + 1: target first % | JSON |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for path in paths:
-        r = json.loads(path.read_text())
+    for path, r in files:
         data = "generated 7-8 step graphs" if r["data"] == "generated" else f"`{Path(r['data']).name}`"
         for d, row in r["per_path_length"].items():
             cells = " | ".join(pct(row[key]) for key in ("early", "on_time", "late", "target", "other_option",
@@ -353,8 +357,7 @@ def prosqa_halting_table(docs):
 def prosqa_threshold_table(docs):
     """One row per `docs/prosqa_halting_*.json` written with `--sweep`: the `token` mode's accuracy (and mean loops)
     over the whole set at each p(`<HALT>`) threshold."""
-    sweeps = [(path, json.loads(path.read_text())) for path in sorted(docs.glob(f"{HALTING_PREFIX}*.json"))]
-    sweeps = [(path, r) for path, r in sweeps if r.get("threshold_sweep")]
+    sweeps = halting_files(docs, sweeps=True)
     if not sweeps:
         return []
     thresholds = sorted({float(t) for _, r in sweeps for t in r["threshold_sweep"]})

@@ -372,7 +372,6 @@ def test_muon_follows_the_scheduler_once_wrapped_by_accelerate():
         assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([3e-3] * len(optimizer.param_groups))
 
 
-
 def script_loop_logits(model, monkeypatch, table):
     """Make loop l of row r give the logits `table[r, l]` in `forward` and in `reason()` (whose batch shrinks as
     examples stop): the latent carries the row, the loop's output the row and the loop."""

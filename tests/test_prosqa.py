@@ -228,7 +228,6 @@ class ScriptedModel:
     without_halt = RecursiveLatentForCausalLM.without_halt
 
 
-
 def test_the_threshold_sweep_scores_what_reason_answers_at_each_threshold(monkeypatch, tmp_path):
     """`prosqa_halting.py --sweep` reads each threshold's answers and loops off one run of loops; they must be
     `reason()`'s at that threshold. Three scripted examples: a sure `<HALT>` after the target (right at 0, wrong at
