@@ -120,17 +120,18 @@ def plot_prosqa(json_path, png_path=None):
     return save_figure(fig, json_path, png_path)
 
 
-def load_model(parser, path, halt_token_threshold=None, sweep=False):
+def load_model(parser, path, halt_token_threshold=None, sweep=()):
     """The checkpoint through the Auto classes, with `halt_token_threshold` (if given) set on its config. A model
     without the setting (a baseline, or a checkpoint whose code predates it) would ignore it, so it is refused rather
-    than scored as if it applied (and so for a `sweep` of thresholds)."""
+    than scored as if it applied (and so for the thresholds of a `sweep`); each threshold must lie in [0, 1)."""
+    thresholds = [*([] if halt_token_threshold is None else [halt_token_threshold]), *sweep]
+    if any(not 0 <= threshold < 1 for threshold in thresholds):
+        parser.error(f"a p(<HALT>) threshold must be in [0, 1) (got {', '.join(map(str, thresholds))})")
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval()
-    if (halt_token_threshold is not None or sweep) and not hasattr(model, "halts"):
+    if thresholds and not hasattr(model, "halts"):
         parser.error(f"{path} has no `halt_token_threshold`: a baseline, or a looped model whose code predates the "
                      "setting (copy the package's `recursive_latent/*.py` next to its weights to give it the setting)")
     if halt_token_threshold is not None:
-        if not 0 <= halt_token_threshold < 1:
-            parser.error(f"--halt_token_threshold must be in [0, 1) (got {halt_token_threshold})")
         model.config.halt_token_threshold = halt_token_threshold
     return model
 

@@ -159,7 +159,7 @@ def main():
         source = {"data": "generated", "seed": args.seed, "options": DEEP_OPTIONS}
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
-    model = load_model(parser, args.model, args.halt_token_threshold, sweep=bool(args.sweep))
+    model = load_model(parser, args.model, args.halt_token_threshold, sweep=args.sweep or ())
     start = time.perf_counter()
     figures = diagnose(model, tokenizer, examples, args.loops, args.batch_size)
     for d, row in figures.items():

@@ -276,6 +276,28 @@ def test_the_threshold_sweep_scores_what_reason_answers_at_each_threshold(monkey
         "`prosqa_halting_sweep.json` |" in prosqa_threshold_table(tmp_path)
 
 
+def test_the_benchmarks_refuse_a_threshold_out_of_range_or_a_model_without_one(monkeypatch, capsys):
+    """`--halt_token_threshold` / `--sweep` outside [0, 1) end with a one-line error before any model is loaded; a
+    model without the setting (a baseline, or code from before it) is refused rather than scored as if it applied."""
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import prosqa
+
+    parser = argparse.ArgumentParser(prog="prosqa.py")
+    for threshold, sweep in [(1.5, ()), (None, (0.0, -0.1))]:
+        with pytest.raises(SystemExit):
+            prosqa.load_model(parser, "/nonexistent", threshold, sweep=sweep)
+        assert "a p(<HALT>) threshold must be in [0, 1)" in capsys.readouterr().err
+    baseline = SimpleNamespace(eval=lambda: baseline, config=SimpleNamespace())  # no `halts`
+    monkeypatch.setattr(prosqa.AutoModelForCausalLM, "from_pretrained", lambda *args, **kwargs: baseline)
+    assert prosqa.load_model(parser, "cot") is baseline  # no threshold asked: any model is scored
+    with pytest.raises(SystemExit):
+        prosqa.load_model(parser, "cot", 0.8)
+    assert "cot has no `halt_token_threshold`" in capsys.readouterr().err
+    assert not hasattr(baseline.config, "halt_token_threshold")
+
+
 def test_the_halting_diagnostic_places_each_answer_against_the_loop_the_search_reaches_the_target(tmp_path):
     """`benchmarks/prosqa_halting.py` on three graphs with 3-step paths: one answered on time (loop 4) with the
     target, one early (loop 2) with a concept of its search, one late (loop 6) with the other option."""
