@@ -105,6 +105,11 @@ def losses(trainer_state_path):
     return [entry["loss"] for entry in history if "loss" in entry]
 
 
+def eval_seconds(trainer_state_path):
+    history = json.loads(Path(trainer_state_path).read_text())["log_history"]
+    return [entry["eval_train_seconds"] for entry in history if "eval_exact_match" in entry]
+
+
 @pytest.mark.parametrize("sampling", ["random", "group_by_length"])
 def test_in_process_run_saves_and_resumes_exactly(tmp_path, monkeypatch, capsys, sampling):
     """The fast version of the next test: a few steps, a checkpoint, a resume from it that ends bit-identical (also
@@ -133,6 +138,11 @@ def test_in_process_run_saves_and_resumes_exactly(tmp_path, monkeypatch, capsys,
     resumed = json.loads((tmp_path / "resumed" / "final" / "train_results.json").read_text())
     assert 1000 < resumed["train_seconds_total"] < 1000 + resumed["train_runtime"] + 5
     assert training_record(tmp_path / "resumed" / "final")["train_seconds"] == resumed["train_seconds_total"]
+    # Each evaluation logs the training seconds so far, counted on over the resume as well.
+    first_seconds, resumed_seconds = (eval_seconds(tmp_path / run / "checkpoint-6" / "trainer_state.json")
+                                      for run in ("run", "resumed"))
+    assert len(first_seconds) == 2 and 0 < first_seconds[0] < first_seconds[1] <= first["train_seconds_total"]
+    assert 1000 < resumed_seconds[-1] <= resumed["train_seconds_total"]
 
 
 def test_a_grouped_stream_is_read_in_order_and_any_other_dataset_shuffled(tmp_path):

@@ -200,7 +200,9 @@ class TrainingClock(TrainerCallback):
         self.earlier, self.started, self.seconds = 0.0, None, None
 
     def elapsed(self):
-        return None if self.earlier is None else self.earlier + time.perf_counter() - self.started
+        if self.earlier is None or self.started is None:  # a checkpoint without the file, or training not begun
+            return None
+        return self.earlier + time.perf_counter() - self.started
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.perf_counter()

@@ -169,6 +169,9 @@ class RLFTrainer(StreamTrainer):
         metrics |= {f"{metric_key_prefix}_trace_match_hop_{h}": r["trace_exact_match"] for h, r in results.items()}
         right = sum(r["answer_exact_match"] * r["n"] for r in results.values())
         metrics[f"{metric_key_prefix}_exact_match"] = right / sum(r["n"] for r in results.values())
+        seconds = self.clock.elapsed()
+        if seconds is not None:  # wall seconds of training so far (evaluations included), for curves against time
+            metrics[f"{metric_key_prefix}_train_seconds"] = seconds
         self.log(metrics)
         if self.is_world_process_zero():
             print("[eval] step", self.state.global_step, " ".join(
