@@ -190,3 +190,45 @@ def test_in_process_ood_hops_run_is_rendered_by_the_report(tmp_path, monkeypatch
     assert "### tiny untrained model" in tables.split("## Trained ablations")[1]
     assert f"| 2 | {100 * row['answer_exact_match']:.1f} [" in tables
 
+
+
+def write_trainer_state(checkpoint, evaluations):
+    """A checkpoint's trainer_state.json whose log history holds a training log and these evaluations."""
+    checkpoint.mkdir(parents=True)
+    history = [{"loss": 1.0, "step": 1}, *evaluations]
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+
+
+def test_training_curve_reads_the_newest_checkpoint_and_plots_by_step_and_time(tmp_path, monkeypatch, capsys):
+    timed, untimed = tmp_path / "timed", tmp_path / "untimed"
+    first = {"step": 2, "eval_exact_match": 0.5, "eval_exact_match_hop_3": 0.4, "eval_train_seconds": 10.0}
+    second = {"step": 4, "eval_exact_match": 0.75, "eval_exact_match_hop_3": 0.7, "eval_train_seconds": 20.0}
+    write_trainer_state(timed / "checkpoint-2", [first])
+    write_trainer_state(timed / "checkpoint-4", [first, second])
+    (timed / "final").mkdir()
+    (timed / "final" / "train_results.json").write_text(json.dumps({"train_runtime": 24.0, "train_seconds_total": 25.0}))
+    write_trainer_state(untimed / "checkpoint-4", [{"step": 4, "eval_exact_match": 0.25}])
+    command = [sys.executable, str(ROOT / "benchmarks" / "training_curve.py"), "--run", str(timed), "--run",
+               str(untimed), "--label", "with time", "--label", "without", "--out", str(tmp_path / "curve.json")]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "with time: 2 evaluations, last at step 4: 75.0%" in result.stdout
+    runs = json.loads((tmp_path / "curve.json").read_text())["runs"]
+    assert runs[0]["read_from"].endswith("checkpoint-4") and runs[0]["train_seconds_total"] == 25.0
+    assert [(p["step"], p["exact_match"], p["train_seconds"]) for p in runs[0]["points"]] == [(2, 0.5, 10.0),
+                                                                                          (4, 0.75, 20.0)]
+    assert runs[0]["points"][1]["per_group"] == {"3": 0.7}
+    assert runs[1]["label"] == "without" and runs[1]["points"][0]["train_seconds"] is None
+    assert runs[1]["train_seconds_total"] is None
+    assert (tmp_path / "curve.png").stat().st_size > 0
+    # A directory without checkpoints, and labels that do not pair with the runs, are refused in one line.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import training_curve
+
+    for extra, message in ((["--run", str(tmp_path)], "has no checkpoint-N/trainer_state.json"),
+                           (["--run", str(timed), "--label", "a", "--label", "b"], "give one --label per --run")):
+        monkeypatch.setattr(sys, "argv", ["training_curve.py", *extra, "--out", str(tmp_path / "x.json")])
+        with pytest.raises(SystemExit) as stop:
+            training_curve.main()
+        assert message in str(stop.value.code) + capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
