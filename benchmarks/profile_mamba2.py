@@ -1,11 +1,11 @@
-"""Profile a training step of the Mamba2 default on the CPU: milliseconds per step (forward, backward, optimizer) and
-where the time goes.
+"""Profile a training step of the Mamba2 default (or of any config) on the CPU: milliseconds per step (forward,
+backward, optimizer) and where the time goes.
 
     python benchmarks/profile_mamba2.py [--threads 2] [--variant "" --variant "--mamba_chunk_size 32" ...]
-                                        [--compile_backbone] [--out DIR]
+                                        [--config trainers/configs/prosqa.yaml] [--compile_backbone] [--out DIR]
 
-Each `--variant` is a set of trainer options on top of `trainers/configs/default_mamba2.yaml` (the empty string: the
-config as it is). The model and the batches come from the trainer's own setup, collator and optimizer, so a step here
+Each `--variant` is a set of trainer options on top of `--config` (default `trainers/configs/default_mamba2.yaml`;
+the empty string: the config as it is). The batches are drawn at the config's last curriculum stage. The model and the batches come from the trainer's own setup, collator and optimizer, so a step here
 is a step of `trainers/rlf.py` without the Trainer's bookkeeping. Variants are timed interleaved (A B A B ...) at the
 same thread count on the same batches, `--rounds` times `--steps` steps each after a warm-up; `torch.profiler` then
 breaks one variant's steps down by operator (self CPU time). With `--compile_backbone` each variant is timed a
@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from dataset_scripts.collator import LoopLabelCollator  # noqa: E402
 from trainers.arguments import parse_arguments  # noqa: E402
-from trainers.rlf import offset_positions, setup, training_stream  # noqa: E402
+from trainers.rlf import final_stage, offset_positions, setup, training_stream  # noqa: E402
 from recursive_latent.optimization import muon_with_adamw  # noqa: E402
 from ood_hops import command_line  # noqa: E402
 
@@ -39,10 +39,10 @@ from ood_hops import command_line  # noqa: E402
 COMPILED = "[backbone under torch.compile]"
 
 
-def build(variant, batch_size, batches, seed, compile_backbone=False):
-    """The model, an optimizer and `batches` training batches of the config with `variant`'s options."""
-    argv = ["--config", str(ROOT / "trainers" / "configs" / "default_mamba2.yaml"), "--output_dir",
-            tempfile.mkdtemp(), "--per_device_train_batch_size", str(batch_size), *shlex.split(variant)]
+def build(config, variant, batch_size, batches, seed, compile_backbone=False):
+    """The model, an optimizer and `batches` training batches of `config` with `variant`'s options."""
+    argv = ["--config", str(config), "--output_dir", tempfile.mkdtemp(), "--per_device_train_batch_size",
+            str(batch_size), *shlex.split(variant)]
     args = parse_arguments(argv)
     run = setup(args)
     model = run.model.train()
@@ -50,7 +50,7 @@ def build(variant, batch_size, batches, seed, compile_backbone=False):
         model.model.backbone = torch.compile(model.model.backbone, dynamic=False)  # dynamic=True fails to compile
     optimizer = muon_with_adamw(model, args.training.learning_rate, args.training.weight_decay,
                                 {name for name, _ in model.named_parameters()}, betas=(0.9, 0.98))
-    stream = training_stream(run, batches * batch_size, seed=seed, max_hops=args.data.max_hops)
+    stream = training_stream(run, batches * batch_size, seed=seed, max_hops=final_stage(run))
     collate = LoopLabelCollator(run.tokenizer)
     data = [collate([stream[i * batch_size + j] for j in range(batch_size)]) for i in range(batches)]
     return model, optimizer, data, args
@@ -78,7 +78,8 @@ def timed_steps(setup_, batches, steps):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", action="append", default=None,
-                        help="trainer options on top of default_mamba2.yaml (repeat; default: the config alone)")
+                        help="trainer options on top of --config (repeat; default: the config alone)")
+    parser.add_argument("--config", default=str(ROOT / "trainers" / "configs" / "default_mamba2.yaml"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
@@ -93,9 +94,9 @@ def main():
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
     torch.manual_seed(args.seed)
-    built = {variant: build(variant, args.batch_size, args.steps, args.seed) for variant in variants}
+    built = {variant: build(args.config, variant, args.batch_size, args.steps, args.seed) for variant in variants}
     if args.compile_backbone:
-        built |= {f"{variant} {COMPILED}".strip(): build(variant, args.batch_size, args.steps, args.seed,
+        built |= {f"{variant} {COMPILED}".strip(): build(args.config, variant, args.batch_size, args.steps, args.seed,
                                                          compile_backbone=True) for variant in variants}
         variants = list(built)
     warm_up = {}
@@ -126,7 +127,7 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {
-        "command": command_line(),
+        "command": command_line(), "config": args.config,
         "threads": args.threads, "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds,
         "seed": args.seed, "variants": rows,
         "profiled_variant": variants[0] or "(config)",
