@@ -56,6 +56,12 @@ def build(config, variant, batch_size, batches, seed, compile_backbone=False):
     return model, optimizer, data, args
 
 
+def config_name(config):
+    """The config as the repository names it (the default is an absolute path): relative to the root when inside."""
+    path = Path(config).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(config)
+
+
 def step(model, optimizer, batch, args):
     mask = batch["attention_mask"]
     positions = offset_positions(mask, model.config, args.recursion.position_offsets)
@@ -127,7 +133,7 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {
-        "command": command_line(), "config": args.config,
+        "command": command_line(), "config": config_name(args.config),
         "threads": args.threads, "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds,
         "seed": args.seed, "variants": rows,
         "profiled_variant": variants[0] or "(config)",

@@ -276,8 +276,8 @@ HALTING_PREFIX = "prosqa_halting_"  # benchmarks/prosqa_halting.py's JSON files:
 
 
 def robustness_tables(docs):
-    """`fault_injection.json` (kills during training, then resumes) and `profile_mamba2*.json` (ms per training step
-    of config variants), one table each, when present."""
+    """`fault_injection.json` (kills during training, then resumes) and `profile_*.json` (benchmarks/profile_mamba2.py:
+    ms per training step of config variants), one table each, when present."""
     lines = []
     faults = docs / "fault_injection.json"
     if faults.is_file():
@@ -287,9 +287,10 @@ def robustness_tables(docs):
                   f"{r['kills_inside_checkpoint_writes']} of them inside a checkpoint write, then resumed with "
                   f"`--resume_from_checkpoint latest`: **{r['resumed_identical']} of {r['trials']}** ended with weights "
                   f"identical to the uninterrupted run (max abs diff 0), {r['resume_failures']} resume failures.", ""]
-    for path in sorted(docs.glob("profile_mamba2*.json")):
+    for path in sorted(docs.glob("profile_*.json")):
         r = json.loads(path.read_text())
-        lines += [f"## Mamba2 training step (`{path.name}`)", "", f"{code(r['command'])} ({r['threads']} threads, batch "
+        config = Path(r.get("config", "default_mamba2.yaml")).name  # profiles written before --config: the Mamba2 one
+        lines += [f"## Training step of `{config}` (`{path.name}`)", "", f"{code(r['command'])} ({r['threads']} threads, batch "
                   f"{r['batch_size']}, variants timed interleaved):", "", "| variant | ms per step (median) |", "|---|---|"]
         lines += [f"| {code(variant)} | {row['ms_per_step_median']:.1f} |" for variant, row in r["variants"].items()]
         lines += ["", "Top operators of `" + r["profiled_variant"] + "` (self CPU share): " + ", ".join(
