@@ -5,8 +5,9 @@ backward, optimizer) and where the time goes.
                                         [--config trainers/configs/prosqa.yaml] [--compile_backbone] [--out DIR]
 
 Each `--variant` is a set of trainer options on top of `--config` (default `trainers/configs/default_mamba2.yaml`;
-the empty string: the config as it is). The batches are drawn at the config's last curriculum stage. The model and the batches come from the trainer's own setup, collator and optimizer, so a step here
-is a step of `trainers/rlf.py` without the Trainer's bookkeeping. Variants are timed interleaved (A B A B ...) at the
+the empty string: the config as it is). The model and the batches come from the trainer's own setup, collator and
+optimizer, the batches at the config's last curriculum stage, so a step here is a step of `trainers/rlf.py` without
+the Trainer's bookkeeping. Variants are timed interleaved (A B A B ...) at the
 same thread count on the same batches, `--rounds` times `--steps` steps each after a warm-up; `torch.profiler` then
 breaks one variant's steps down by operator (self CPU time). With `--compile_backbone` each variant is timed a
 second time with its Mamba2 backbone under `torch.compile` (static shapes: one compile per prompt length, all done in

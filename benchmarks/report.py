@@ -290,8 +290,9 @@ def robustness_tables(docs):
     for path in sorted(docs.glob("profile_*.json")):
         r = json.loads(path.read_text())
         config = Path(r.get("config", "default_mamba2.yaml")).name  # profiles written before --config: the Mamba2 one
-        lines += [f"## Training step of `{config}` (`{path.name}`)", "", f"{code(r['command'])} ({r['threads']} threads, batch "
-                  f"{r['batch_size']}, variants timed interleaved):", "", "| variant | ms per step (median) |", "|---|---|"]
+        lines += [f"## Training step of `{config}` (`{path.name}`)", "",
+                  f"{code(r['command'])} ({r['threads']} threads, batch {r['batch_size']}, variants timed interleaved):",
+                  "", "| variant | ms per step (median) |", "|---|---|"]
         lines += [f"| {code(variant)} | {row['ms_per_step_median']:.1f} |" for variant, row in r["variants"].items()]
         lines += ["", "Top operators of `" + r["profiled_variant"] + "` (self CPU share): " + ", ".join(
             f"`{op['op']}` {100 * op['share']:.1f}%" for op in r["top_ops_self_cpu"][:6]) + ".", ""]

@@ -43,8 +43,7 @@ def read_curve(run_dir, label=None):
                   if key.startswith("eval_exact_match_hop_")}
         points.append({"step": entry["step"], "exact_match": entry["eval_exact_match"], "per_group": groups,
                        "train_seconds": entry.get("eval_train_seconds")})
-    final = Path(run_dir) / "final"
-    record = training_record(final) if final.is_dir() else {"train_seconds": None, "training_command": None}
+    record = training_record(Path(run_dir) / "final")  # its fields are None where the run has no final checkpoint
     return {"run": str(run_dir), "label": label or Path(run_dir).name, "read_from": str(checkpoint),
             "train_seconds_total": record["train_seconds"], "training_command": record["training_command"],
             "points": points}

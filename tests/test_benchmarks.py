@@ -191,7 +191,6 @@ def test_in_process_ood_hops_run_is_rendered_by_the_report(tmp_path, monkeypatch
     assert f"| 2 | {100 * row['answer_exact_match']:.1f} [" in tables
 
 
-
 def write_trainer_state(checkpoint, evaluations):
     """A checkpoint's trainer_state.json whose log history holds a training log and these evaluations."""
     checkpoint.mkdir(parents=True)
@@ -206,7 +205,8 @@ def test_training_curve_reads_the_newest_checkpoint_and_plots_by_step_and_time(t
     write_trainer_state(timed / "checkpoint-2", [first])
     write_trainer_state(timed / "checkpoint-4", [first, second])
     (timed / "final").mkdir()
-    (timed / "final" / "train_results.json").write_text(json.dumps({"train_runtime": 24.0, "train_seconds_total": 25.0}))
+    results = {"train_runtime": 24.0, "train_seconds_total": 25.0}
+    (timed / "final" / "train_results.json").write_text(json.dumps(results))
     write_trainer_state(untimed / "checkpoint-4", [{"step": 4, "eval_exact_match": 0.25}])
     command = [sys.executable, str(ROOT / "benchmarks" / "training_curve.py"), "--run", str(timed), "--run",
                str(untimed), "--label", "with time", "--label", "without", "--out", str(tmp_path / "curve.json")]

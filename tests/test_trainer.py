@@ -100,14 +100,10 @@ def train_in_process(tmp_path, monkeypatch, capsys, *args, config=TINY, script="
     return capsys.readouterr().out
 
 
-def losses(trainer_state_path):
+def logged(trainer_state_path, key):
+    """Every value of `key` in a checkpoint's log history, in order."""
     history = json.loads(Path(trainer_state_path).read_text())["log_history"]
-    return [entry["loss"] for entry in history if "loss" in entry]
-
-
-def eval_seconds(trainer_state_path):
-    history = json.loads(Path(trainer_state_path).read_text())["log_history"]
-    return [entry["eval_train_seconds"] for entry in history if "eval_exact_match" in entry]
+    return [entry[key] for entry in history if key in entry]
 
 
 @pytest.mark.parametrize("sampling", ["random", "group_by_length"])
@@ -139,8 +135,8 @@ def test_in_process_run_saves_and_resumes_exactly(tmp_path, monkeypatch, capsys,
     assert 1000 < resumed["train_seconds_total"] < 1000 + resumed["train_runtime"] + 5
     assert training_record(tmp_path / "resumed" / "final")["train_seconds"] == resumed["train_seconds_total"]
     # Each evaluation logs the training seconds so far, counted on over the resume as well.
-    first_seconds, resumed_seconds = (eval_seconds(tmp_path / run / "checkpoint-6" / "trainer_state.json")
-                                      for run in ("run", "resumed"))
+    first_seconds, resumed_seconds = (logged(tmp_path / run / "checkpoint-6" / "trainer_state.json",
+                                             "eval_train_seconds") for run in ("run", "resumed"))
     assert len(first_seconds) == 2 and 0 < first_seconds[0] < first_seconds[1] <= first["train_seconds_total"]
     assert 1000 < resumed_seconds[-1] <= resumed["train_seconds_total"]
 
@@ -172,7 +168,7 @@ def test_short_run_learns_saves_loads_and_resumes(tmp_path):
     assert train_results["trained_max_hops"] == 2 + result.stdout.count("[curriculum]")  # from 2 hops, one per step up
     assert f"with 1-{train_results['trained_max_hops']} hops." in (final / "README.md").read_text()  # the model card
     assert "--output_dir" in (final / "training_config.yaml").read_text()  # the command line is recorded
-    history = losses(out / "checkpoint-24" / "trainer_state.json")
+    history = logged(out / "checkpoint-24" / "trainer_state.json", "loss")
     assert history[-1] < history[0]
     assert "trainable" in result.stdout and "[eval]" in result.stdout
 
