@@ -1,13 +1,15 @@
 """Validation accuracy over training, read from the runs' own logs: one curve per run, by step and, where the run
 logged it, by minutes of training.
 
-    python benchmarks/training_curve.py --run outputs/prosqa [--run DIR ...] [--label TEXT ...] --out FILE.json
+    python benchmarks/training_curve.py --run outputs/prosqa [--run DIR ...] [--label TEXT ...] [--keep OLD.json]
+                                        --out FILE.json
 
 A run is a trainer `--output_dir`. Its newest `checkpoint-N/trainer_state.json` holds every in-training evaluation
 (`eval_exact_match`: exact match of `reason()` on the validation examples, EMA weights where the run keeps them, at
 each `eval_steps`), and, from runs that logged it, `eval_train_seconds`: the wall seconds of training up to it,
-evaluations included, summed over resumes. `final/` adds the run's total seconds and command where it exists. Writes
-the JSON and a plot beside it (`.png`).
+evaluations included, summed over resumes. `final/` adds the run's total seconds and command where it exists.
+`--keep` carries over the runs of an earlier curve JSON (runs whose checkpoints are gone); a `--run` of the same
+directory replaces its kept curve. Writes the JSON and a plot beside it (`.png`).
 """
 
 import argparse
@@ -49,6 +51,16 @@ def read_curve(run_dir, label=None):
             "points": points}
 
 
+def kept_runs(parser, path):
+    """The runs of an earlier curve JSON (none without a path); a missing or broken file is a one-line error."""
+    if path is None:
+        return []
+    try:
+        return json.loads(Path(path).read_text())["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        parser.error(f"--keep {path}: not a curve JSON of this script ({type(error).__name__}: {error})")
+
+
 def plot_curves(json_path, png_path=None):
     """Validation exact match by step, and by minutes for the runs that logged their training time."""
     import matplotlib
@@ -79,14 +91,19 @@ def plot_curves(json_path, png_path=None):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", action="append", required=True, help="a trainer --output_dir (repeat)")
+    parser.add_argument("--run", action="append", default=[], help="a trainer --output_dir (repeat)")
     parser.add_argument("--label", action="append", default=None, help="one per --run, in order (default: its name)")
+    parser.add_argument("--keep", default=None, help="an earlier curve JSON whose runs are carried over")
     parser.add_argument("--out", required=True, help="output JSON (the plot goes beside it)")
     args = parser.parse_args()
+    if not args.run and not args.keep:
+        parser.error("give a --run, or --keep an earlier curve")
     labels = args.label or [None] * len(args.run)
     if len(labels) != len(args.run):
         parser.error(f"give one --label per --run ({len(args.run)} runs, {len(labels)} labels)")
     runs = [read_curve(run, label) for run, label in zip(args.run, labels)]
+    read_now = {run["run"] for run in runs}
+    runs = [run for run in kept_runs(parser, args.keep) if run["run"] not in read_now] + runs
     for run in runs:
         last = run["points"][-1] if run["points"] else None
         print(f"{run['label']}: {len(run['points'])} evaluations" + (

@@ -221,12 +221,24 @@ def test_training_curve_reads_the_newest_checkpoint_and_plots_by_step_and_time(t
     assert runs[1]["label"] == "without" and runs[1]["points"][0]["train_seconds"] is None
     assert runs[1]["train_seconds_total"] is None
     assert (tmp_path / "curve.png").stat().st_size > 0
-    # A directory without checkpoints, and labels that do not pair with the runs, are refused in one line.
+    # --keep carries an earlier curve's runs over; a run read again replaces its kept curve instead of doubling it.
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import training_curve
 
+    monkeypatch.setattr(sys, "argv", ["training_curve.py", "--keep", str(tmp_path / "curve.json"), "--run", str(timed),
+                                      "--label", "read again", "--out", str(tmp_path / "merged.json")])
+    training_curve.main()
+    merged = json.loads((tmp_path / "merged.json").read_text())["runs"]
+    assert [run["label"] for run in merged] == ["without", "read again"]
+    assert merged[1]["points"] == runs[0]["points"]
+    # A directory without checkpoints, labels that do not pair with the runs, a --keep that is not a curve JSON and
+    # neither a run nor a kept curve are refused in one line.
+    (tmp_path / "list.json").write_text("[]")
     for extra, message in ((["--run", str(tmp_path)], "has no checkpoint-N/trainer_state.json"),
-                           (["--run", str(timed), "--label", "a", "--label", "b"], "give one --label per --run")):
+                           (["--run", str(timed), "--label", "a", "--label", "b"], "give one --label per --run"),
+                           (["--keep", str(tmp_path / "missing.json")], "not a curve JSON of this script"),
+                           (["--keep", str(tmp_path / "list.json")], "not a curve JSON of this script"),
+                           ([], "give a --run, or --keep an earlier curve")):
         monkeypatch.setattr(sys, "argv", ["training_curve.py", *extra, "--out", str(tmp_path / "x.json")])
         with pytest.raises(SystemExit) as stop:
             training_curve.main()
