@@ -73,12 +73,12 @@ def plot_curves(json_path, png_path=None):
     fig, axes = plt.subplots(1, 2 if timed else 1, figsize=(11 if timed else 7, 4), squeeze=False)
     for run in runs:
         total = f" ({run['train_seconds_total']:,.0f} s)" if run["train_seconds_total"] else ""
-        axes[0][0].plot([p["step"] for p in run["points"]], [100 * p["exact_match"] for p in run["points"]],
-                        marker=".", label=run["label"] + total)
+        accuracy = [100 * p["exact_match"] for p in run["points"]]
+        line, = axes[0][0].plot([p["step"] for p in run["points"]], accuracy, marker=".", label=run["label"] + total)
+        if run in timed:  # the same colour in both panels
+            axes[0][1].plot([p["train_seconds"] / 60 for p in run["points"]], accuracy, marker=".",
+                            color=line.get_color(), label=run["label"])
     axes[0][0].set_xlabel("training step")
-    for run in timed:
-        axes[0][1].plot([p["train_seconds"] / 60 for p in run["points"]],
-                        [100 * p["exact_match"] for p in run["points"]], marker=".", label=run["label"])
     if timed:
         axes[0][1].set_xlabel("minutes of training (evaluations included)")
     for ax in axes[0]:
