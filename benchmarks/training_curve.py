@@ -101,9 +101,10 @@ def main():
     labels = args.label or [None] * len(args.run)
     if len(labels) != len(args.run):
         parser.error(f"give one --label per --run ({len(args.run)} runs, {len(labels)} labels)")
+    kept = kept_runs(parser, args.keep)  # a broken --keep fails before any run is read
     runs = [read_curve(run, label) for run, label in zip(args.run, labels)]
     read_now = {run["run"] for run in runs}
-    runs = [run for run in kept_runs(parser, args.keep) if run["run"] not in read_now] + runs
+    runs = [run for run in kept if run["run"] not in read_now] + runs
     for run in runs:
         last = run["points"][-1] if run["points"] else None
         print(f"{run['label']}: {len(run['points'])} evaluations" + (
